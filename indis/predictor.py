@@ -175,6 +175,14 @@ def build_from_config(cfg: Dict) -> nn.Module:
         return Predictor(param, cfg.pop("data_shape"), cond_spec, **cfg)
     if kind == "GlobalDiscretization":
         return GlobalDiscretization(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec)
+    if kind == "LD3Discretization":
+        from .training.ld3 import LD3Discretization
+
+        return LD3Discretization(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec, **cfg)
+    if kind == "FixedDiscretization":
+        from .training.train import FixedDiscretization
+
+        return FixedDiscretization(param, torch.zeros(param.nfe + 1, dtype=torch.float64), cond_spec=cond_spec, **cfg)
     raise ValueError(f"unknown predictor class {kind!r}")
 
 

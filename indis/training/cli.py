@@ -1,0 +1,278 @@
+"""`indis teacher | train | eval | sample`: teacher datasets, training, evaluation and sampling from the shell.
+
+Backbones are named by a spec:
+  bundled            the bundled digits EDM network (indis.backbones.bundled.load_bundled)
+  ideal              the ideal empirical denoiser of the digits training set (indis.backbones.ideal)
+  gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.training.demo.ImageGMM)
+  module:function    any callable returning a backbone
+Distributed runs: launch with torchrun; the process group is initialised from its environment (gloo on CPU,
+NCCL when CUDA is available).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def load_backbone_spec(spec: str):
+    if spec == "bundled":
+        from ..backbones.bundled import load_bundled
+
+        return load_bundled()
+    if spec == "ideal":
+        ideal = importlib.import_module("indis.backbones.ideal")
+        for name in ("load_ideal", "ideal_digits", "IdealDenoiser"):
+            if hasattr(ideal, name):
+                return getattr(ideal, name)()
+        raise ValueError("indis.backbones.ideal has no load_ideal()/ideal_digits() constructor")
+    if spec == "gmm-image":
+        from .demo import ImageGMM
+
+        return ImageGMM()
+    if ":" in spec:
+        mod, fn = spec.split(":", 1)
+        return getattr(importlib.import_module(mod), fn)()
+    raise ValueError(f"unknown backbone {spec!r}; use bundled, ideal, gmm-image or module:function")
+
+
+def maybe_init_distributed() -> bool:
+    """Initialise torch.distributed from torchrun's environment; True if this process is part of a group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def _seeds(text: str):
+    out = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    if not out:
+        raise ValueError(f"no seeds in {text!r}")
+    return out
+
+
+def run_teacher(args) -> int:
+    from .teacher import TeacherConfig, generate_teacher
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    dist = maybe_init_distributed()
+    bb = load_backbone_spec(args.backbone)
+    table = None
+    if args.prompt_table:
+        from ..io import load_tensors
+
+        table = load_tensors(args.prompt_table)[0]["table"]
+    cfg = TeacherConfig(count=args.count, first_seed=args.first_seed, shard_size=args.shard_size, solver=args.solver,
+                        steps=args.steps, schedule=args.schedule, order=args.order, cfg_scale=args.cfg_scale,
+                        state_dtype=args.state_dtype, batch_size=args.batch_size)
+    m = generate_teacher(bb, args.out, cfg, table, progress=not args.no_progress)
+    if not dist or torch.distributed.get_rank() == 0:
+        print(f"teacher dataset {args.out}: {m['count']} samples in {len(m['shards'])} shards, backbone {m['backbone_id']}")
+    return 0
+
+
+def _add_train_options(p):
+    from .train import TrainConfig
+
+    for f in fields(TrainConfig):
+        opt = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(opt, action="store_true", default=None, help=f"(default {f.default})")
+        else:
+            typ = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}.get(str(f.type), str)
+            p.add_argument(opt, type=typ, default=None, help=f"(default {f.default})")
+
+
+def run_train(args) -> int:
+    from .teacher import load_teacher
+    from .train import TrainConfig, train
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    maybe_init_distributed()
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            base[f.name] = v
+    cfg = TrainConfig.from_dict(base)
+    bb = load_backbone_spec(args.backbone)
+    ds = load_teacher(args.teacher, bb)
+    meta = train(bb, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress, log=print)
+    if "metrics" in meta:
+        m = meta["metrics"]
+        print(f"{cfg.method} NFE {cfg.nfe}: validation {cfg.loss} {m['initial_val']:.5g} (initial) -> {m['best_val']:.5g} (step {m['best_step']}); "
+              f"saved {Path(args.out) / 'predictor.safetensors'}")
+    return 0
+
+
+def _features(kind: str):
+    if kind == "none":
+        return None
+    from ..metrics import fid
+
+    if kind == "digits":
+        for name in ("digits_features", "DigitsFeatures", "digits_extractor", "load_digits_extractor"):
+            if hasattr(fid, name):
+                obj = getattr(fid, name)
+                try:
+                    return obj()
+                except TypeError:
+                    return obj
+        raise ValueError("indis.metrics.fid offers no digits feature extractor")
+    raise ValueError(f"unknown feature extractor {kind!r}")
+
+
+def run_eval(args) -> int:
+    from ..evaluate import evaluate_methods, write_results
+    from ..predictor import load_predictor
+    from .losses import LPIPS
+    from .teacher import load_teacher
+    from .train import heuristic
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    bb = load_backbone_spec(args.backbone)
+    ds = load_teacher(args.teacher, bb)
+    methods = {h: {k: heuristic(bb, h, k) for k in args.nfe} for h in args.heuristics}
+    for spec in args.predictor or []:
+        name, path = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
+        model, meta = load_predictor(path, bb.backbone_id)
+        methods.setdefault(name, {})[int(meta["nfe"])] = model.eval()
+    lp = None
+    if args.lpips_weights or args.lpips:
+        try:
+            lp = LPIPS(args.lpips_net, args.lpips_weights)
+        except FileNotFoundError as e:
+            print(f"LPIPS skipped: {e}")
+    rows = evaluate_methods(bb, ds, methods, args.solver, lpips=lp, features=_features(args.features), progress=not args.no_progress)
+    write_results(args.out, rows, {"backbone_id": bb.backbone_id, "teacher": str(args.teacher), "features": args.features})
+    print(Path(args.out).with_suffix(".md").read_text())
+    return 0
+
+
+def run_sample(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..evaluate import plot_timesteps
+    from ..io import atomic_write_json
+    from ..predictor import load_predictor
+    from .seeds import draw
+    from .teacher import GuidedBackbone
+    from .train import heuristic, solve
+
+    bb = load_backbone_spec(args.backbone)
+    if args.predictor:
+        model, meta = load_predictor(args.predictor, bb.backbone_id)
+    else:
+        model = heuristic(bb, args.schedule, args.nfe)
+    seeds = _seeds(args.seeds)
+    x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
+    net = GuidedBackbone(bb, args.cfg_scale)
+    xs, discs = [], []
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        for lo in tqdm(range(0, len(seeds), args.batch_size), desc="sample", disable=args.no_progress):
+            xb, cb = x_T[lo : lo + args.batch_size], None if cond is None else cond[lo : lo + args.batch_size]
+            d = model(xb, cb)
+            discs.append(d)
+            xs.append(solve(d, net, xb, cb, args.solver))
+    x = torch.cat(xs).float()
+    if x.dim() != 4:
+        raise ValueError(f"sample writes image grids; this backbone's samples have shape {tuple(x.shape[1:])}")
+    b, c, h, w = x.shape
+    cols = args.cols or int(max(1, round(b**0.5)))
+    rows = -(-b // cols)
+    grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
+    img = ((x.clamp(-1, 1) + 1) / 2)
+    for i in range(b):
+        r, q = divmod(i, cols)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = img[i]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arr = grid.permute(1, 2, 0).numpy()
+    plt.imsave(out, arr[..., 0] if c == 1 else arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+    cat = lambda k: torch.cat([getattr(d, k) for d in discs]).double().tolist()
+    atomic_write_json(out.with_suffix(".timesteps.json"), {"seeds": seeds, "timesteps": cat("timesteps"), "dtau": cat("dtau"), "gamma": cat("gamma"),
+                                                           "predictor": args.predictor, "schedule": None if args.predictor else args.schedule})
+    if args.plot:
+        plot_timesteps(model, x_T, cond, out.with_suffix(".timesteps.png"))
+    print(f"wrote {out} and {out.with_suffix('.timesteps.json')}")
+    return 0
+
+
+def add_subparsers(subparsers) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def common(p):
+        p.add_argument("--backbone", required=True, help="bundled | ideal | gmm-image | module:function")
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = subparsers.add_parser("teacher", help="generate a sharded teacher dataset (resumable; torchrun for several processes)", formatter_class=fmt)
+    common(p)
+    p.add_argument("--out", required=True, help="dataset folder")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--solver", default="ipndm")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--schedule", default="polynomial")
+    p.add_argument("--order", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--state-dtype", default="float64")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--prompt-table", default=None, help="safetensors with 'table' [M, dim] of pooled prompt embeddings (text models)")
+    p.set_defaults(func=run_teacher)
+
+    p = subparsers.add_parser("train", help="train INDIS / GOD / LD3 (and ablations) on a teacher dataset", formatter_class=fmt)
+    common(p)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None, help="JSON file of training options (command-line options override it)")
+    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.safetensors")
+    _add_train_options(p)
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("eval", help="endpoint distance to the teacher and Frechet distance per NFE and method", formatter_class=fmt)
+    common(p)
+    p.add_argument("--teacher", required=True, help="held-out teacher dataset (seeds not used in training)")
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7])
+    p.add_argument("--heuristics", nargs="*", default=["uniform", "logsnr", "polynomial"])
+    p.add_argument("--predictor", action="append", help="NAME=path/predictor.safetensors (repeatable; NFE from its metadata)")
+    p.add_argument("--solver", default="ipndm")
+    p.add_argument("--lpips", action="store_true", help="also LPIPS (trunk weights from the torch hub cache)")
+    p.add_argument("--lpips-weights", default=None)
+    p.add_argument("--lpips-net", default="vgg")
+    p.add_argument("--features", default="none", help="feature extractor of the Frechet distance: none | digits")
+    p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.md")
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("sample", help="sample a PNG grid with a predictor or a heuristic; timesteps saved beside it", formatter_class=fmt)
+    common(p)
+    p.add_argument("--predictor", default=None)
+    p.add_argument("--schedule", default="polynomial")
+    p.add_argument("--nfe", type=int, default=5)
+    p.add_argument("--solver", default="ipndm")
+    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9")
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cols", type=int, default=0)
+    p.add_argument("--plot", action="store_true", help="also plot the timesteps across samples (Fig. 7)")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.set_defaults(func=run_sample)

@@ -1,0 +1,404 @@
+"""Algorithm 1 of the paper: learn phi(x_T, c) -> {tau, dtau, gamma} by matching a few-step solve to the
+teacher's endpoint, and the global baselines trained by the same loop.
+
+Methods (TrainConfig.method):
+  indis   the instance-aware predictor (indis.predictor.Predictor)
+  god     one global {tau, dtau, gamma} (GlobalDiscretization)
+  ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the condition), no_shift (b_dtau = 0),
+no_scale (b_gamma = 0), no_cond (phi does not see the condition).
+
+Loop: Adam, cosine learning rate from lr to lr * lr_min_factor; a held-out validation split (a fixed random
+part of the teacher set, chosen by the seed); the distance d of indis.training.losses; the weights with the
+best validation distance are the result. Batches are a function of (seed, step) alone (an epoch-wise random
+permutation), so a run is deterministic for a seed and resumes exactly: the checkpoint (safetensors, written
+atomically every ckpt_every steps) holds the model, Adam's state, the best weights, the LD3 latents and the
+history; --resume continues from it and reproduces the uninterrupted run.
+
+Large backbones: grad_checkpoint recomputes each backbone call in the backward pass; backbone_dtype runs the
+backbone under torch.autocast in float16/bfloat16 (the solver state and the predictor stay float32/64).
+Conditional backbones: cfg_scale applies classifier-free guidance to every student call (the teacher records
+its own scale in its manifest; the two should agree).
+
+Distributed: under torch.distributed (torchrun; gloo on CPU, NCCL on GPU) the model is wrapped in
+DistributedDataParallel and each rank takes a strided slice of every global batch, so the global batch, the
+data order and hence the result do not depend on the number of processes (up to float summation order).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones.base import CondSpec
+from ..discretization import Discretization, DiscretizationParam
+from ..io import load_tensors, save_tensors
+from ..predictor import GlobalDiscretization, Predictor, save_predictor
+from ..schedules import get_schedule
+from ..solvers import sample
+from .ld3 import LD3Discretization, ball_proposal, ball_radius
+from .losses import get_distance, mse
+from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
+
+Tensor = torch.Tensor
+METHODS = ("indis", "god", "ld3")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "indis"  # indis | god | ld3
+    nfe: int = 5  # student NFE
+    solver: str = "ipndm"  # student solver
+    order: Optional[int] = None  # solver order (default: the solver's)
+    warp: str = "logsnr"  # warp space of tau and dtau: t | logsnr | sigma_rho
+    rho: float = 7.0  # exponent of the sigma_rho warp
+    b_dtau: float = 0.05  # bound of the shift (warp units)
+    b_gamma: float = 0.05  # bound of the scale around 1
+    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from
+    no_instance: bool = False  # ablation: phi without x_T
+    no_shift: bool = False  # ablation: no dtau
+    no_scale: bool = False  # ablation: no gamma
+    no_cond: bool = False  # ablation: phi without the condition
+    hidden: int = 128  # predictor width
+    conv_width: int = 32  # predictor conv width (image priors)
+    loss: str = "mse"  # mse | l1 | pseudo_huber | lpips
+    lpips_net: str = "vgg"  # LPIPS trunk: alex | vgg
+    lpips_weights: Optional[str] = None  # trunk weight file or folder (default: torch hub cache)
+    lr: float = 1e-3  # peak learning rate
+    lr_min_factor: float = 0.01  # final lr = lr * lr_min_factor (cosine)
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    steps: int = 500  # optimisation steps
+    batch_size: int = 32  # global batch (split over ranks)
+    val_fraction: float = 0.1  # held-out part of the teacher set
+    val_every: int = 50  # validate every K steps (and at the end)
+    ckpt_every: int = 100  # checkpoint every K steps (and at the end)
+    seed: int = 0  # model init, split and data order
+    grad_checkpoint: bool = False  # recompute backbone calls in the backward pass
+    cfg_scale: float = 1.0  # classifier-free guidance of the student calls
+    backbone_dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast)
+    state_dtype: str = "float32"  # solver state
+    ld3_ball: float = 0.001  # LD3 soft-ball radius factor (0: off)
+    eval_batch_size: int = 256
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.nfe < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("nfe, steps and batch_size must be positive")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        parse_dtype(self.backbone_dtype)
+        parse_dtype(self.state_dtype)
+
+
+class FixedDiscretization(nn.Module):
+    """A fixed (heuristic) schedule with the predictor interface."""
+
+    def __init__(self, param: DiscretizationParam, timesteps: Tensor, data_shape: Sequence[int] = (), cond_spec: CondSpec = CondSpec()):
+        super().__init__()
+        self.param = param
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.cond_spec = cond_spec
+        self.register_buffer("timesteps", torch.as_tensor(timesteps, dtype=torch.float64).clone())
+
+    def config(self) -> Dict:
+        return {"class": "FixedDiscretization", "param": self.param.config(), "data_shape": list(self.data_shape), "cond_spec": self.cond_spec.to_dict()}
+
+    def forward(self, x_T: Tensor, cond=None) -> Discretization:
+        b = x_T.shape[0]
+        ts = self.timesteps.to(x_T.device).expand(b, -1)
+        return Discretization(ts, torch.zeros_like(ts[:, :-1]), torch.ones_like(ts[:, :-1]))
+
+
+def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
+    param = DiscretizationParam(backbone.process, nfe, b_dtau=0.0, b_gamma=0.0)
+    return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
+
+
+def build_model(cfg: TrainConfig, backbone) -> nn.Module:
+    """The learnable discretization for a config (untrained, starting at cfg.init_schedule)."""
+    cfg.validate()
+    proc = backbone.process
+    cs = getattr(backbone, "cond_spec", CondSpec())
+    param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
+                                b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
+    init = get_schedule(cfg.init_schedule, proc, cfg.nfe)
+    if cfg.method == "ld3":
+        return LD3Discretization(param, init, backbone.data_shape, cs, use_shift=not cfg.no_shift)
+    if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
+        return GlobalDiscretization(param, init, backbone.data_shape, cs)
+    return Predictor(param, backbone.data_shape, cs, hidden=cfg.hidden, init_timesteps=init,
+                     use_instance=not cfg.no_instance, use_cond=not cfg.no_cond, conv_width=cfg.conv_width)
+
+
+class AutocastBackbone(nn.Module):
+    """Runs a backbone under torch.autocast(dtype) and returns float32 (reduced-precision backbone)."""
+
+    def __init__(self, backbone, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = backbone, dtype
+        for k in ("process", "prediction_type", "data_shape", "cond_spec"):
+            setattr(self, k, getattr(backbone, k))
+
+    def forward(self, x, t, cond=None):
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.inner(x.float(), t, cond)
+        return out.float()
+
+
+def student_backbone(backbone, cfg_scale: float = 1.0, dtype: str = "float32"):
+    m = GuidedBackbone(backbone, cfg_scale)
+    dt = parse_dtype(dtype)
+    return m if dt in (torch.float32, torch.float64) else AutocastBackbone(m, dt)
+
+
+def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_dtype=torch.float32, checkpoint=False):
+    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve."""
+    disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
+    return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def split_indices(n: int, val_fraction: float, seed: int):
+    """(train positions, validation positions) of a teacher set of n samples; fixed by the seed."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise ValueError(f"a teacher set of {n} samples is too small for a validation split of {val_fraction}")
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def batch_positions(step: int, n_train: int, batch: int, seed: int) -> Tensor:
+    """Positions (into the train split) of the global batch of a step: epoch-wise random permutations."""
+    per_epoch = max(1, n_train // batch)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    if n_train < batch:
+        perm = perm.repeat(math.ceil(batch / n_train))
+    return perm[k * batch : (k + 1) * batch]
+
+
+def cosine_lr(step: int, total: int, lr: float, min_factor: float) -> float:
+    return lr * (min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def _opt_to_tensors(opt: torch.optim.Optimizer):
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v)
+    return tensors, sd["param_groups"]
+
+
+def _opt_from_tensors(opt: torch.optim.Optimizer, tensors: Dict[str, Tensor], groups) -> None:
+    state: Dict[int, Dict] = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, pid, k = name.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+@torch.no_grad()
+def evaluate_split(model, backbone, teacher: TeacherDataset, positions: Tensor, distance, cfg: TrainConfig, device=None) -> Dict[str, float]:
+    """Mean distance and MSE of the student endpoint to the teacher's on the given positions."""
+    sd = parse_dtype(cfg.state_dtype)
+    tot_d = tot_m = 0.0
+    for lo in range(0, len(positions), cfg.eval_batch_size):
+        idx = positions[lo : lo + cfg.eval_batch_size]
+        x_T, cond, x0s = teacher.batch(idx, device, sd)
+        x0 = solve(model, backbone, x_T, cond, cfg.solver, cfg.order, sd)
+        tot_d += float(distance(x0, x0s).sum())
+        tot_m += float(mse(x0, x0s).sum())
+    n = len(positions)
+    return {"distance": tot_d / n, "mse": tot_m / n}
+
+
+def _module(m):
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def train(
+    backbone,
+    teacher: TeacherDataset,
+    cfg: TrainConfig,
+    out_dir,
+    resume: bool = False,
+    progress: bool = True,
+    device=None,
+    stop_after: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict:
+    """Train per cfg; writes out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the
+    best validation weights, loadable with indis.predictor.load_predictor). Returns the final metadata.
+    stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any."""
+    cfg.validate()
+    rank, world = _dist()
+    out = Path(out_dir)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    bid = backbone.backbone_id
+    if teacher.backbone_id != bid:
+        raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
+    dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    net = student_backbone(backbone, cfg.cfg_scale, cfg.backbone_dtype)
+    sd = parse_dtype(cfg.state_dtype)
+    distance = get_distance(cfg.loss, cfg.lpips_net, cfg.lpips_weights, dev)
+    train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, backbone).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    use_ball = cfg.method == "ld3" and cfg.ld3_ball > 0
+    z0 = z = None
+    radius = ball_radius(backbone.data_shape, cfg.nfe, cfg.ld3_ball) if use_ball else 0.0
+    if use_ball:
+        z0 = teacher.x_T(train_pos, dtype=torch.float32) / teacher.prior_std
+        z = z0.clone()
+    start, history = 0, []
+    best = {"val": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
+    ckpt = out / "checkpoint.safetensors"
+    cfg_json = json.loads(json.dumps(asdict(cfg)))
+    if resume and ckpt.is_file():
+        tensors, meta = load_tensors(ckpt)
+        if meta.get("backbone_id") != bid:
+            raise ValueError(f"{ckpt} belongs to backbone id {meta.get('backbone_id')}, not {bid}")
+        if meta.get("config") != cfg_json:
+            diff = sorted(k for k in cfg_json if meta.get("config", {}).get(k) != cfg_json[k])
+            raise ValueError(f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the same options")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _opt_from_tensors(opt, tensors, meta["opt_groups"])
+        best = {"val": meta["best_val"], "step": meta["best_step"], "state": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}}
+        if use_ball:
+            z = tensors["ld3_z"].clone()
+        start, history = meta["step"], meta["history"]
+    elif resume and log:
+        log(f"no checkpoint at {ckpt}; starting from scratch")
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model)
+
+    def save_ckpt(step):
+        if rank != 0:
+            return
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in best["state"].items()})
+        ot, groups = _opt_to_tensors(opt)
+        tensors.update(ot)
+        if use_ball:
+            tensors["ld3_z"] = z
+        save_tensors(ckpt, tensors, {"step": step, "config": cfg_json, "backbone_id": bid, "opt_groups": groups,
+                                     "best_val": best["val"], "best_step": best["step"], "history": history,
+                                     "teacher": str(teacher.root)})
+
+    def validate(step):
+        m = evaluate_split(model, net, teacher, val_pos, distance, cfg, dev)
+        m["step"] = step
+        history.append(m)
+        if m["distance"] < best["val"]:
+            best.update(val=m["distance"], step=step, state=copy.deepcopy(model.state_dict()))
+        return m
+
+    if start == 0 and not history:
+        validate(0)  # the initial (heuristic) schedule: the baseline the training must beat
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.method} NFE {cfg.nfe}", unit="step")
+    t_start = time.time()
+    step = start
+    for step in range(start + 1, cfg.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step - 1, cfg.steps, cfg.lr, cfg.lr_min_factor)
+        gpos = batch_positions(step - 1, len(train_pos), cfg.batch_size, cfg.seed)
+        lpos = gpos[rank::world]
+        idx = train_pos[lpos]
+        x_T, cond, x0s = teacher.batch(idx, dev, sd)
+        if use_ball:
+            x_T = (z[lpos] * teacher.prior_std).to(dev, sd).requires_grad_(True)
+        disc = ddp(x_T, cond)
+        x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        per = distance(x0, x0s)
+        loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        if use_ball:
+            zl = z[lpos].to(dev, sd)
+            prop = ball_proposal(zl, z0[lpos].to(dev, sd), x_T.grad / teacher.prior_std, radius)
+            with torch.no_grad():
+                xp = prop * teacher.prior_std
+                new = distance(sample(net, xp, model(xp, cond), solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd), x0s)
+            keep = (new < per.detach()).view(-1, *([1] * (zl.dim() - 1)))
+            znew = torch.where(keep, prop, zl).float().cpu()
+            if world > 1:
+                parts = [torch.empty_like(znew) for _ in range(world)]
+                torch.distributed.all_gather(parts, znew)
+                for r in range(world):
+                    z[gpos[r::world]] = parts[r]
+            else:
+                z[lpos] = znew
+        lval = loss.detach()
+        if world > 1:
+            torch.distributed.all_reduce(lval)
+            lval = lval / world
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(lval):.4g}", best_val=f"{best['val']:.4g}")
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            validate(step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_ckpt(step)
+        if stop_after is not None and step >= stop_after and step < cfg.steps:
+            if bar is not None:
+                bar.close()
+            return {"stopped_at": step}
+    if bar is not None:
+        bar.close()
+    final_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best["state"])
+    meta = {
+        "method": cfg.method,
+        "nfe": cfg.nfe,
+        "solver": cfg.solver,
+        "process": backbone.process.config(),
+        "warp": cfg.warp,
+        "bounds": {"b_dtau": model.param.b_dtau, "b_gamma": model.param.b_gamma},
+        "backbone_id": bid,
+        "train_config": cfg_json,
+        "teacher": {"root": str(teacher.root), "teacher": teacher.manifest["teacher"], "count": len(teacher)},
+        "metrics": {"best_val": best["val"], "best_step": best["step"], "initial_val": history[0]["distance"] if history else None,
+                    "history": history, "train_seconds_this_run": time.time() - t_start},
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    if rank == 0:
+        save_predictor(out / "predictor.safetensors", model, meta)
+    model.load_state_dict(final_state)
+    return meta
