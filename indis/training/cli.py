@@ -27,11 +27,10 @@ def load_backbone_spec(spec: str):
 
         return load_bundled()
     if spec == "ideal":
-        ideal = importlib.import_module("indis.backbones.ideal")
-        for name in ("load_ideal", "ideal_digits", "IdealDenoiser"):
-            if hasattr(ideal, name):
-                return getattr(ideal, name)()
-        raise ValueError("indis.backbones.ideal has no load_ideal()/ideal_digits() constructor")
+        from ..backbones.ideal import IdealDenoiser
+        from ..data.digits import load_digits_split
+
+        return IdealDenoiser(load_digits_split("train")[0])
     if spec == "gmm-image":
         from .demo import ImageGMM
 
@@ -124,14 +123,7 @@ def _features(kind: str):
     from ..metrics import fid
 
     if kind == "digits":
-        for name in ("digits_features", "DigitsFeatures", "digits_extractor", "load_digits_extractor"):
-            if hasattr(fid, name):
-                obj = getattr(fid, name)
-                try:
-                    return obj()
-                except TypeError:
-                    return obj
-        raise ValueError("indis.metrics.fid offers no digits feature extractor")
+        return fid.digits_features  # documented in indis.metrics.fid ("digits-cnn-v1")
     raise ValueError(f"unknown feature extractor {kind!r}")
 
 

@@ -250,10 +250,12 @@ def train(
     device=None,
     stop_after: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
+    on_done: Optional[Callable[[nn.Module], None]] = None,
 ) -> Dict:
     """Train per cfg; writes out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the
     best validation weights, loadable with indis.predictor.load_predictor). Returns the final metadata.
-    stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any."""
+    stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any.
+    on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
     rank, world = _dist()
     out = Path(out_dir)
@@ -401,4 +403,6 @@ def train(
     if rank == 0:
         save_predictor(out / "predictor.safetensors", model, meta)
     model.load_state_dict(final_state)
+    if on_done is not None:
+        on_done(model)
     return meta

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+
+from indis.cli import main
+from indis.evaluate import evaluate_methods, markdown_table, plot_timesteps, predictor_overhead, write_results
+from indis.training.demo import ImageGMM
+from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
+from indis.training.train import TrainConfig, build_model, heuristic
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ev")
+    bb = ImageGMM(channels=3, res=8, components=4)
+    generate_teacher(bb, d / "e", TeacherConfig(count=24, steps=10, first_seed=1000), progress=False)
+    return bb, load_teacher(d / "e", bb)
+
+
+def test_rows_tables_and_frechet(tmp_path, env):
+    bb, ds = env
+    methods = {"uniform": {3: heuristic(bb, "uniform", 3), 5: heuristic(bb, "uniform", 5)}, "polynomial": {3: heuristic(bb, "polynomial", 3)}}
+    feats = lambda x: x.flatten(1)[:, :6].double()
+    rows = evaluate_methods(bb, ds, methods, features=feats)
+    assert {(r["method"], r["nfe"]) for r in rows} == {("uniform", 3), ("uniform", 5), ("polynomial", 3)}
+    r = {(r["method"], r["nfe"]): r for r in rows}
+    assert r[("uniform", 5)]["mse"] < r[("uniform", 3)]["mse"] and all(x["fd"] >= 0 for x in rows)
+    table = markdown_table(rows, "mse")
+    assert "| uniform |" in table and "NFE 5" in table and "| polynomial | " in table and "| - |" in table
+    write_results(tmp_path / "res", rows, {"x": 1})
+    assert json.loads((tmp_path / "res.json").read_text())["rows"][0]["n"] == 24
+    assert "(fd)" in (tmp_path / "res.md").read_text()
+
+
+def test_fig7_plot_and_overhead(tmp_path, env):
+    bb, ds = env
+    m = build_model(TrainConfig(nfe=4, hidden=16, conv_width=8), bb)
+    torch.nn.init.normal_(m.head.weight, std=0.3)
+    x_T, cond, _ = ds.batch(torch.arange(16))
+    plot_timesteps(m, x_T, cond, tmp_path / "fig7.png", reference=heuristic(bb, "polynomial", 4).timesteps)
+    assert (tmp_path / "fig7.png").stat().st_size > 1000
+    o = predictor_overhead(m, bb, batch=8, reps=3)
+    assert o["params"] == sum(p.numel() for p in m.parameters()) and o["share_of_one_call"] > 0
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    d = str(tmp_path)
+    common = ["--backbone", "gmm-image", "--no-progress", "--threads", "1"]
+    assert main(["teacher", *common, "--out", f"{d}/t", "--count", "40", "--steps", "8", "--shard-size", "20"]) == 0
+    assert main(["teacher", *common, "--out", f"{d}/e", "--count", "16", "--steps", "8", "--first-seed", "500"]) == 0
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "4", "--batch-size", "8",
+                 "--hidden", "16", "--conv-width", "8", "--val-every", "2"]) == 0
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "4", "--batch-size", "8",
+                 "--hidden", "16", "--conv-width", "8", "--val-every", "2", "--resume"]) == 0
+    assert main(["eval", *common, "--teacher", f"{d}/e", "--nfe", "3", "--predictor", f"indis={d}/r/predictor.safetensors",
+                 "--out", f"{d}/ev"]) == 0
+    rows = json.loads((tmp_path / "ev.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"uniform", "logsnr", "polynomial", "indis"}
+    assert main(["sample", *common, "--predictor", f"{d}/r/predictor.safetensors", "--seeds", "0-5", "--plot", "--out", f"{d}/s/g.png"]) == 0
+    ts = json.loads((tmp_path / "s" / "g.timesteps.json").read_text())
+    assert ts["seeds"] == list(range(6)) and len(ts["timesteps"]) == 6 and len(ts["timesteps"][0]) == 4
+    assert (tmp_path / "s" / "g.png").is_file() and (tmp_path / "s" / "g.timesteps.png").is_file()
+    capsys.readouterr()
