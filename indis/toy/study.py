@@ -446,3 +446,125 @@ def summary_table(doc: Dict, split="train", solver="euler") -> str:
             cells.append(f"{r[0]['mse']:.4g}" if r else "")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks behind the analysis in docs/toy_study.md
+def grid_oracle(bb, x_T, x_gt, cond=None, grid: int = 48, solver: str = "euler"):
+    """Exhaustive per-prior optimum of a 3-step schedule (timesteps only): every pair t1 > t2 of interior
+    times on a grid uniform in t (grid points strictly inside (t0, T)) is tried for every prior, and each
+    prior keeps its best pair. Returns (per-sample best squared error [B], best pair [B, 2], per-pair mean [P])
+    -- the per-pair mean's minimum is the best *global* 3-step schedule on the same grid."""
+    p = bb.process
+    t = torch.linspace(p.T, p.t0, grid + 2, dtype=torch.float64)[1:-1]
+    pairs = torch.tensor([(float(t[i]), float(t[j])) for i in range(grid) for j in range(i + 1, grid)])
+    B, P = x_T.shape[0], pairs.shape[0]
+    ts = torch.cat([torch.full((P, 1), p.T), pairs, torch.full((P, 1), p.t0)], 1).to(DT)
+    errs = torch.empty(P, B, dtype=torch.float64)
+    step = max(1, 65536 // B)
+    with torch.no_grad():
+        for lo in range(0, P, step):
+            tt = ts[lo : lo + step]
+            k = tt.shape[0]
+            xs = x_T.repeat(k, 1)
+            c = None if cond is None else cond.repeat(k)
+            x = sample(bb, xs, tt.repeat_interleave(B, 0), solver=solver, cond=c)
+            errs[lo : lo + k] = ((x.double() - x_gt.double().repeat(k, 1)) ** 2).mean(1).view(k, B)
+    best, idx = errs.min(0)
+    return best, pairs[idx], errs.mean(1)
+
+
+def relative_gain(doc: Dict, a: str, b: str, metric: str, nfes=None, split="heldout", solver="euler") -> Optional[float]:
+    """Mean over NFEs of (metric(b) - metric(a)) / metric(b): the relative reduction of strategy a against b."""
+    out = []
+    for n in sorted({r["nfe"] for r in doc["results"]}):
+        if nfes is not None and n not in nfes:
+            continue
+        ra = [r for r in doc["results"] if (r["nfe"], r["strategy"], r["split"], r["solver"]) == (n, a, split, solver)]
+        rb = [r for r in doc["results"] if (r["nfe"], r["strategy"], r["split"], r["solver"]) == (n, b, split, solver)]
+        if ra and rb:
+            out.append((rb[0][metric] - ra[0][metric]) / rb[0][metric])
+    return float(np.mean(out)) if out else None
+
+
+def oracle_checks(backbone: str = "exact", n: int = 128, nfe: int = 3, seed: int = 0, cache_dir=None,
+                  adam_iters=(40, 300), lrs=(0.05, 0.2), grid: int = 48) -> Dict:
+    """How strong is the per-instance oracle? On n priors at NFE 3 (Euler, timesteps only): the Adam global
+    schedule, the Adam per-prior oracle at several iteration counts and learning rates, and the exhaustive
+    grid optimum per prior (and the best global pair on the grid)."""
+    cfg = StudyConfig(backbone=backbone, learned_train=None)
+    bb, _, _ = build_backbone(cfg, cache_dir=cache_dir, progress=False)
+    g = torch.Generator().manual_seed(seed + 99)
+    xT = (torch.randn(4096, 2, generator=g, dtype=torch.float64) * bb.process.prior_std()).to(DT)
+    ts = uniform_t(100, bb.process.t0, bb.process.T).to(DT)
+    with torch.no_grad():
+        gt = _rollout(bb, xT, ts, "euler", None)
+    param = DiscretizationParam(bb.process, nfe, warp="t", b_dtau=0.0, b_gamma=0.0)
+    out: Dict = {"backbone": backbone, "n": n, "nfe": nfe, "train_priors_for_global": 4096}
+    o_g = train_global(bb, param, xT, gt, None, "euler", 300, 256, 0.05, g)
+    x_fit, gt_fit = xT[:n], gt[:n]
+    with torch.no_grad():
+        out["global_adam300"] = float(_loss(bb, x_fit, gt_fit, _shared(param, o_g), "euler", None).mean())
+        out["global_timesteps"] = [float(v) for v in param(o_g).timesteps]
+        uni = uniform_t(nfe, bb.process.t0, bb.process.T).to(DT)
+        out["uniform"] = float(_loss(bb, x_fit, gt_fit, uni, "euler", None).mean())
+    for it in adam_iters:
+        for lr in lrs:
+            o = train_oracle(bb, param, x_fit, gt_fit, None, "euler", it, lr, o_g)
+            with torch.no_grad():
+                out[f"oracle_adam_it{it}_lr{lr}"] = float(_loss(bb, x_fit, gt_fit, param(o), "euler", None).mean())
+    if nfe == 3:
+        best, pair, per_pair = grid_oracle(bb, x_fit, gt_fit, grid=grid)
+        out["oracle_grid"] = float(best.mean())
+        out["global_grid"] = float(per_pair.min())
+        out["grid_points"] = grid
+        # the oracle restricted to the better of (its grid optimum, the Adam global schedule) per prior
+        with torch.no_grad():
+            e_g = _loss(bb, x_fit, gt_fit, _shared(param, o_g), "euler", None).double()
+        out["oracle_grid_or_global"] = float(torch.minimum(best, e_g).mean())
+        out["oracle_grid_pair_std"] = [float(v) for v in pair.std(0)]
+    return out
+
+
+def markdown_report(results_path) -> str:
+    """Tables for docs/toy_study.md from one results.json."""
+    doc = json.loads(Path(results_path).read_text())
+    rs = doc["results"]
+    nfes = sorted({r["nfe"] for r in rs})
+
+    def get(n, s, sp, solver="euler"):
+        r = [r for r in rs if (r["nfe"], r["strategy"], r["split"], r["solver"]) == (n, s, sp, solver)]
+        return r[0] if r else None
+
+    lines = [f"Endpoint MSE, Euler, fit priors (n = {doc['num_fit']}; (c) is trained on them):", "",
+             "| NFE | (a) uniform | (b) global | (c) oracle | (c) vs (b) | (d) INDIS | (b+) GOD full | (c+) oracle full | (d+) INDIS full |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n in nfes:
+        g = lambda s: get(n, s, "train")
+        cells = [g(s)["mse"] if g(s) else float("nan") for s in ("uniform", "global", "oracle", "indis", "global_full", "oracle_full", "indis_full")]
+        rel = (cells[2] - cells[1]) / cells[1] * 100
+        lines.append(f"| {n} | {cells[0]:.4g} | {cells[1]:.4g} | {cells[2]:.4g} | {rel:+.1f}% | {cells[3]:.4g} | {cells[4]:.4g} | {cells[5]:.4g} | {cells[6]:.4g} |")
+    lines += ["", f"Held-out priors (n = {doc['num_eval']}), Euler and iPNDM: MSE / KL / W2 "
+              f"(estimator floors for a perfect sampler: KL {doc['metric_floors']['heldout']['kl_floor']:.3f}, "
+              f"W2 {doc['metric_floors']['heldout']['w2_floor']:.3f}):", "",
+              "| NFE | solver | (a) uniform | (b) global | (d) INDIS | (b+) GOD full | (d+) INDIS full |", "|---|---|---|---|---|---|---|"]
+    for n in nfes:
+        for solver in ("euler", "ipndm"):
+            cells = []
+            for s in ("uniform", "global", "indis", "global_full", "indis_full"):
+                r = get(n, s, "heldout", solver)
+                cells.append(f"{r['mse']:.4g} / {r['kl']:.3f} / {r['w2']:.3f}" if r else "")
+            if any(cells):
+                lines.append(f"| {n} | {solver} | " + " | ".join(cells) + " |")
+    lines += ["", "Relative reductions (mean over NFEs of per-NFE reductions, held-out, Euler):", "",
+              "| comparison | NFEs | MSE | KL | W2 |", "|---|---|---|---|---|"]
+    low = [n for n in nfes if n <= 6]
+    for a, b in (("indis", "global"), ("indis_full", "global_full"), ("indis_full", "global")):
+        for label, ns in ((f"{nfes[0]}-{nfes[-1]}", None), ("3-6", low)):
+            vals = [relative_gain(doc, a, b, m, ns) for m in ("mse", "kl", "w2")]
+            if all(v is not None for v in vals):
+                lines.append(f"| {a} vs {b} | {label} | " + " | ".join(f"{-100 * v:+.2f}%" for v in vals) + " |")
+    tr = [relative_gain(doc, "oracle", "global", "mse", None, "train"), relative_gain(doc, "oracle_full", "global_full", "mse", None, "train")]
+    lines += ["", f"Oracle vs global, MSE on the fit priors, mean over NFEs: timesteps only {-100 * tr[0]:+.1f}%, "
+              f"full set {-100 * tr[1]:+.1f}%."]
+    return "\n".join(lines)
