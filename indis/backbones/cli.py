@@ -1,0 +1,86 @@
+"""CLI subcommands of the backbones: `convert-edm` and `train-backbone`.
+
+indis/cli.py registers them with `add_subparsers(subparsers)`; this module also runs standalone:
+`python -m indis.backbones.cli convert-edm ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_subparsers(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert-edm",
+        help="convert an EDM checkpoint (.pkl snapshot or state-dict .pt) to safetensors + JSON",
+        description="Convert an EDM checkpoint into DIR/model.safetensors + DIR/config.json. Pickles execute code "
+                    "when loaded and are read only with --trust-pickle.",
+    )
+    p.add_argument("ckpt", help="EDM network-snapshot-*.pkl, a state-dict .pt/.pth, or .safetensors")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow reading a pickle (it can run arbitrary code: only for files from a trusted source)")
+    p.add_argument("--preset", default=None,
+                   help="architecture of a plain state dict: cifar10_uncond, cifar10_cond, ffhq64, afhq64, imagenet64")
+    p.add_argument("--net-kwargs", default=None, help="architecture of a plain state dict as a JSON object of EDMPrecond kwargs")
+    p.set_defaults(func=run_convert_edm)
+
+    t = subparsers.add_parser(
+        "train-backbone",
+        help="train the bundled digits backbone (small EDM SongUNet on sklearn's digits)",
+        description="Train the bundled neural backbone with EDM's loss; resumable; writes the EMA weights as "
+                    "safetensors + JSON and the loss curve.",
+    )
+    t.add_argument("--out", required=True, help="directory for the training state (train_state.pt)")
+    t.add_argument("--export", default=None, help="directory for the exported checkpoint (default: --out)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--channels", type=int, default=None, help="model_channels")
+    t.add_argument("--resolution", type=int, default=None, choices=[8, 16, 32])
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if a training state exists")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--evaluate", action="store_true",
+                   help="after training, write the sample grid and the Fréchet distances (quality JSON)")
+    t.set_defaults(func=run_train_backbone)
+
+
+def run_convert_edm(args) -> int:
+    from .convert import convert_edm
+
+    net_kwargs = json.loads(args.net_kwargs) if args.net_kwargs else None
+    cfg = convert_edm(args.ckpt, args.out, trust_pickle=args.trust_pickle, preset=args.preset, net_kwargs=net_kwargs)
+    print(f"wrote {args.out}: backbone id {cfg['backbone_id']}, model_type {cfg['net_kwargs']['model_type']}")
+    return 0
+
+
+def run_train_backbone(args) -> int:
+    from .bundled import TrainConfig, evaluate_bundled, train_bundled
+
+    cfg = TrainConfig()
+    for field, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                         ("model_channels", args.channels), ("resolution", args.resolution), ("seed", args.seed),
+                         ("threads", args.threads)):
+        if value is not None:
+            setattr(cfg, field, value)
+    bb = train_bundled(args.out, cfg, resume=not args.no_resume, progress=not args.no_progress, export_dir=args.export)
+    print(f"trained backbone id {bb.refresh_id()}")
+    if args.evaluate:
+        q = evaluate_bundled(bb, args.export or args.out)
+        print(json.dumps(q, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="indis-backbones")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subparsers(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
