@@ -1,0 +1,1 @@
+"""Benchmarks one command away: `indis bench` (latency per NFE and backend), `indis bench --quality`."""

@@ -1,0 +1,129 @@
+"""`indis bench`: latency per NFE and backend (default), or quality per NFE and method (`--quality`).
+
+    indis bench --out runs/bench                          # bundled backbone, NFE 3,5,7,10, batch 1,16,64
+    indis bench --backbone edm:cifar10_uncond --device cuda --batch 1,64 --out runs/bench_gpu
+    indis bench --quality --out runs/quality              # tree (exact), ideal denoiser, bundled network
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _ints(s: str):
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {s!r}")
+    if not v or min(v) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return v
+
+
+def _names(s: str):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def add_subparsers(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="latency per NFE and backend; --quality: quality per NFE and method",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder: bench.json, bench.md, latency_vs_nfe.png (or quality.*)")
+    p.add_argument("--backbone", default="bundled",
+                   help="backbone spec: bundled, ideal, edm:<preset> (random init), or a folder from `indis convert-edm`")
+    p.add_argument("--nfe", type=_ints, default=None, help="NFEs (default 3,5,7,10; --quality: 3,5,7)")
+    p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="batch sizes")
+    p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "ort", "trt"],
+                   help="subset of torch,torch_graph,native,ort,trt; unavailable ones are reported as skipped")
+    p.add_argument("--engines", default=None, help="folder from `indis export` (needed by the ort and trt backends)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--reps", type=int, default=20, help="timed runs per measurement (>= 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--quality", action="store_true", help="quality per NFE and method instead of latency")
+    p.add_argument("--quality-backbones", type=_names, default=["tree", "ideal", "bundled"],
+                   help="with --quality: tree (the 2D study, exact model), ideal, bundled, or other backbone specs")
+    p.add_argument("--n-train", type=int, default=600, help="with --quality: training teacher samples")
+    p.add_argument("--n-eval", type=int, default=500, help="with --quality: held-out teacher samples")
+    p.add_argument("--steps", type=int, default=200, help="with --quality: training steps per method and NFE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.quality:
+        return _run_quality(args)
+    from .latency import run_latency, write_report
+    from ..training.cli import load_backbone_spec
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    bb = load_backbone_spec(args.backbone)
+    report = run_latency(bb, args.nfe or [3, 5, 7, 10], args.batch, args.backends, device=args.device,
+                         engines_dir=args.engines, warmup=args.warmup, reps=args.reps, progress=not args.no_progress)
+    report["backbone_spec"] = args.backbone
+    paths = write_report(report, args.out)
+    print(open(paths["md"]).read())
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _run_quality(args) -> int:
+    from ..io import atomic_write_json, atomic_write_text
+    from .quality import plot_quality, run_quality
+
+    nfes = args.nfe or [3, 5, 7]
+    os.makedirs(args.out, exist_ok=True)
+    by_backbone, sections = {}, []
+    for spec in args.quality_backbones:
+        if spec == "tree":
+            rows = _tree_rows(args, nfes)
+            by_backbone["tree (exact)"] = rows
+        else:
+            out = run_quality(spec, os.path.join(args.out, "work"), nfes, n_train=args.n_train, n_eval=args.n_eval,
+                              steps=args.steps, results_stem=os.path.join(args.out, f"quality_{spec}"),
+                              plot_dir=args.out, progress=not args.no_progress)
+            rows = [{k: v for k, v in r.items()} for r in out["rows"]]
+            by_backbone[spec] = rows
+        sections.append(_table(spec, rows, nfes))
+    atomic_write_json(os.path.join(args.out, "quality.json"), by_backbone)
+    atomic_write_text(os.path.join(args.out, "quality.md"), "\n".join(sections))
+    plot_quality(by_backbone, os.path.join(args.out, "quality_vs_nfe.png"), metric="mse")
+    print("\n".join(sections))
+    return 0
+
+
+def _tree_rows(args, nfes):
+    """The 2D tree study (exact model) mapped onto the quality table: uniform ~ best heuristic, global_full ~ GOD,
+    indis_full ~ INDIS (held-out priors); LD3 has no 2D counterpart there."""
+    from ..toy.study import Study, quick_config
+
+    cfg = quick_config(nfes=tuple(nfes), ipndm=False)
+    doc = Study(cfg, os.path.join(args.out, "tree"), progress=not args.no_progress).run()
+    names = {"uniform": "best heuristic", "global_full": "god", "indis_full": "indis"}
+    rows = []
+    for r in doc["results"]:
+        if r.get("solver") == "euler" and not r.get("conditional") and r["strategy"] in names and r.get("split", "heldout") == "heldout":
+            rows.append({"method": names[r["strategy"]], "nfe": r["nfe"], "mse": r["mse"], "kl": r.get("kl"), "w2": r.get("w2")})
+    return rows
+
+
+def _table(name, rows, nfes) -> str:
+    metrics = [m for m in ("mse", "fd", "fd_data", "kl", "w2") if any(r.get(m) is not None for r in rows)]
+    methods = [m for m in ("best heuristic", "god", "ld3", "indis") if any(r["method"] == m for r in rows)]
+    out = [f"### {name}", ""]
+    for metric in metrics:
+        out += [f"| {metric} | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|" + "---|" * len(nfes)]
+        for m in methods:
+            vals = []
+            for k in nfes:
+                v = next((r.get(metric) for r in rows if r["method"] == m and r["nfe"] == k), None)
+                vals.append("" if v is None else f"{v:.4g}")
+            out.append(f"| {m} | " + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,138 @@
+"""Quality per NFE and method against a many-step teacher (`indis bench --quality`, the quickstart and
+benchmarks/quality_issue4.py share this pipeline).
+
+Per backbone: a training teacher set (seeds 0..n_train-1) and a held-out evaluation teacher set (seeds from
+1,000,000), both 30-step iPNDM with the polynomial (rho = 7) schedule. Per NFE, the best heuristic of
+{uniform, logsnr, polynomial} is chosen on the training teacher set by endpoint MSE; GOD, LD3 and INDIS start
+from it and are trained with the same loop, loss, steps and batch. Evaluation on the held-out seeds: endpoint MSE
+to the teacher and, for 1x16x16 digits backbones, Fréchet distances (digits-cnn-v1 features, indis.metrics.fid)
+of the student samples to (a) the teacher's samples of the same seeds and (b) the held-out real digits.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
+
+
+def run_quality(
+    backbone_spec: str,
+    work: str,
+    nfes: Sequence[int] = (3, 5, 7),
+    methods: Sequence[str] = ("god", "ld3", "indis"),
+    n_train: int = 1000,
+    n_eval: int = 500,
+    steps: int = 300,
+    batch: int = 16,
+    lr: float = 5e-3,
+    results_stem: Optional[str] = None,
+    plot_dir: Optional[str] = None,
+    progress: bool = True,
+    log=print,
+) -> Dict:
+    """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...], "meta": {...},
+    "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given."""
+    from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
+    from ..predictor import load_predictor
+    from ..training.cli import load_backbone_spec
+    from ..training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
+    from ..training.train import TrainConfig, heuristic, train
+
+    nfes = [int(k) for k in nfes]
+    if not nfes or min(nfes) < 1:
+        raise ValueError(f"NFEs must be positive integers, got {nfes}")
+    bad = [m for m in methods if m not in ("god", "ld3", "indis")]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; expected a subset of god, ld3, indis")
+    bb = load_backbone_spec(backbone_spec)
+    work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
+    t0 = time.time()
+    generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=n_train, shard_size=200), progress=progress)
+    generate_teacher(bb, f"{work}/teacher_eval", TeacherConfig(count=n_eval, first_seed=1_000_000, shard_size=250), progress=progress)
+    t_teacher = time.time() - t0
+    tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
+    best = best_heuristics(bb, tr, nfes)
+    models: Dict[str, Dict[int, torch.nn.Module]] = {h: {k: heuristic(bb, h, k) for k in nfes} for h in HEURISTIC_NAMES}
+    models["best heuristic"] = {k: best[k]["model"] for k in nfes}
+    train_info = {}
+    for m in methods:
+        models[m] = {}
+        for k in nfes:
+            cfg = TrainConfig(method=m, nfe=k, steps=steps, batch_size=batch, lr=lr, init_schedule=best[k]["name"],
+                              val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0)
+            t1 = time.time()
+            meta = train(bb, tr, cfg, f"{work}/{m}_nfe{k}", progress=progress)
+            model, _ = load_predictor(f"{work}/{m}_nfe{k}/predictor.safetensors", bb.backbone_id)
+            models[m][k] = model.eval()
+            train_info[f"{m}_nfe{k}"] = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"],
+                                         "best_val": meta["metrics"]["best_val"], "best_step": meta["metrics"]["best_step"],
+                                         "params": meta["params"]}
+            log(f"{m} NFE {k}: {train_info[f'{m}_nfe{k}']}")
+    feats, ref_data = None, None
+    if tuple(bb.data_shape) == (1, 16, 16):
+        from ..data.digits import load_digits_split
+        from ..metrics.fid import digits_features
+
+        feats, ref_data = digits_features, load_digits_split("heldout")[0]
+    rows = evaluate_methods(bb, ev, models, features=feats)
+    teacher_fd_data = None
+    if feats is not None:
+        from ..metrics.fid import frechet_distance
+
+        rf = feats(ref_data)
+        net = GuidedBackbone(bb)
+        for r in rows:
+            r["fd_data"] = float(frechet_distance(feats(student_samples(models[r["method"]][r["nfe"]], net, ev)), rf))
+        teacher_fd_data = float(frechet_distance(feats(ev.x0), rf))
+    over = None
+    if "indis" in models:
+        k_plot = nfes[0]
+        if plot_dir is not None:
+            os.makedirs(plot_dir, exist_ok=True)
+            pos = torch.arange(min(64, len(ev)))
+            x_T, cond, _ = ev.batch(pos)
+            stem = os.path.basename(results_stem) if results_stem else f"quality_{backbone_spec}"
+            plot_timesteps(models["indis"][k_plot], x_T, cond, os.path.join(plot_dir, f"{stem}_timesteps_nfe{k_plot}.png"),
+                           reference=models["best heuristic"][k_plot].timesteps, title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
+        over = predictor_overhead(models["indis"][nfes[len(nfes) // 2]], bb, batch=64)
+    meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
+            "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse"},
+            "best_heuristic": {k: {"name": best[k]["name"], "train_mse": best[k]["scores"]} for k in nfes},
+            "teacher_seconds": t_teacher, "training": train_info, "teacher_fd_to_heldout_data": teacher_fd_data, "overhead": over,
+            "threads": torch.get_num_threads()}
+    if results_stem is not None:
+        write_results(results_stem, rows, meta, metrics=("mse", "fd", "fd_data") if feats is not None else ("mse",))
+    return {"rows": rows, "meta": meta, "models": models, "backbone": bb}
+
+
+def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metric: str = "mse",
+                 methods: Sequence[str] = ("best heuristic", "god", "ld3", "indis")) -> None:
+    """Fig. 3-style plot: a metric against NFE (log scale), one panel per backbone, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows_by_backbone)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = rows_by_backbone[name]
+        m_key = metric if any(metric in r for r in rows) else "mse"
+        for m in methods:
+            pts = sorted((r["nfe"], r[m_key]) for r in rows if r.get("method") == m and r.get(m_key) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(m_key)
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

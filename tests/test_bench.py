@@ -1,0 +1,45 @@
+import json
+
+import pytest
+import torch
+
+from indis.backbones import gaussian_backbone
+from indis.bench.latency import run_latency, write_report
+from indis.bench.quality import plot_quality
+
+
+def _bb():
+    return gaussian_backbone(torch.zeros(4), 0.5, process="edm").float()
+
+
+def test_latency_report_shape_and_files(tmp_path):
+    rep = run_latency(_bb(), nfes=[2, 3], batches=[1, 4], backends=["torch", "trt"], reps=20, warmup=1, progress=False)
+    assert set(rep) >= {"machine", "rows"} and rep["machine"]["cores"] >= 1
+    ok = [r for r in rep["rows"] if r["status"] == "ok"]
+    assert {(r["nfe"], r["batch"]) for r in ok} == {(2, 1), (2, 4), (3, 1), (3, 4)}
+    for r in ok:
+        assert r["backend"] == "torch" and r["device"] == "cpu"
+        for k in ("latency_ms_median", "latency_ms_p90", "backbone_only_ms", "predictor_ms"):
+            assert r[k] > 0
+        assert r["latency_ms_p90"] >= r["latency_ms_median"]
+    skipped = [r for r in rep["rows"] if r["backend"] == "trt"]
+    assert skipped and all(r["status"] == "skipped" and "--engines" in r["reason"] for r in skipped)
+    paths = write_report(rep, str(tmp_path))
+    assert json.load(open(paths["json"]))["rows"][0]["nfe"] == 2
+    assert "| torch | cpu | 2 | 1 |" in open(paths["md"]).read()
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_bad_input():
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_latency(_bb(), [2], [1], ["torch", "tensorflow"], progress=False)
+    with pytest.raises(ValueError, match="at least 20"):
+        run_latency(_bb(), [2], [1], ["torch"], reps=5, progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        run_latency(_bb(), [0], [1], ["torch"], progress=False)
+
+
+def test_quality_plot(tmp_path):
+    rows = [{"method": m, "nfe": k, "mse": 1.0 / (k + i)} for i, m in enumerate(["best heuristic", "god", "indis"]) for k in (3, 5)]
+    plot_quality({"a": rows, "b": rows}, str(tmp_path / "q.png"))
+    assert (tmp_path / "q.png").stat().st_size > 1000
