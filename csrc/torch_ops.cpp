@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "indis_native.h"
+#include "native_ops.h"
 
 namespace {
 
@@ -23,6 +24,12 @@ void register_torch_ops(pybind11::module_& m) {
   m.def("_tensor_abi_check", &tensor_abi_check, pybind11::arg("tensor"),
         "Build self-test: returns tensor.sum() computed through libtorch (proves that "
         "at::Tensor arguments/results work in this build).");
+  register_fused_update(m);
+  register_coeffs(m);
+  register_sampler_loop(m);
+#ifdef INDIS_WITH_TENSORRT
+  register_tensorrt(m);
+#endif
 }
 
 }  // namespace indis

@@ -1,0 +1,373 @@
+// Fused multistep update on the CPU, and the torch-facing entry points _C.fused_update /
+// _C.fused_update_x0 (CPU and CUDA; the CUDA kernel is csrc/cuda/fused_update.cu).
+//
+//   fused_update(out, x, hist, u, w):         out = u*x + sum_j w[:, j] * hist[j]
+//   fused_update_x0(out, x, pred, slot, hist, p, q, u, w):
+//       slot = p*x + q*pred;  out = u*x + w[:, 0]*slot + sum_{j>=1} w[:, j] * hist[j-1]
+//
+// One pass over memory; out may be x (in-place). See csrc/update_args.h for the contract.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "native_ops.h"
+
+#ifdef INDIS_WITH_CUDA
+#include "cuda/indis_cuda.h"
+#endif
+
+namespace indis {
+namespace {
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// One contiguous run of n elements of one sample. M and the variant are compile-time so that the
+// loop is a straight-line SIMD body; `#pragma omp simd` asserts the absence of loop-carried
+// dependencies (out may be x: each element is read before it is written, at the same index).
+template <typename T, typename A, int M, bool PRED>
+void row_kernel(T* out, const T* x, const T* pred, T* slot, const T* h1, const T* h2, const T* h3, const T* h0,
+                int64_t n, A u, const A* w, A p, A q) {
+  const A w0 = w[0];
+  const A w1 = M > 1 ? w[1] : A(0);
+  const A w2 = M > 2 ? w[2] : A(0);
+  const A w3 = M > 3 ? w[3] : A(0);
+  if constexpr (PRED) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = static_cast<A>(x[i]);
+      const A s = p * xi + q * static_cast<A>(pred[i]);
+      slot[i] = static_cast<T>(s);
+      A acc = u * xi + w0 * s;
+      if constexpr (M > 1) acc += w1 * static_cast<A>(h1[i]);
+      if constexpr (M > 2) acc += w2 * static_cast<A>(h2[i]);
+      if constexpr (M > 3) acc += w3 * static_cast<A>(h3[i]);
+      out[i] = static_cast<T>(acc);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A acc = u * static_cast<A>(x[i]) + w0 * static_cast<A>(h0[i]);
+      if constexpr (M > 1) acc += w1 * static_cast<A>(h1[i]);
+      if constexpr (M > 2) acc += w2 * static_cast<A>(h2[i]);
+      if constexpr (M > 3) acc += w3 * static_cast<A>(h3[i]);
+      out[i] = static_cast<T>(acc);
+    }
+  }
+}
+
+template <typename T, typename C, bool PRED>
+void cpu_update(const IndisUpdateArgs& a) {
+  using A = typename AccOf<T>::type;
+  const int64_t inner = a.inner;
+  const int64_t total = a.batch * inner;
+  if (total <= 0) return;
+  T* out = static_cast<T*>(a.out);
+  const T* x = static_cast<const T*>(a.x);
+  const T* pred = static_cast<const T*>(a.pred);
+  T* slot = static_cast<T*>(a.slot);
+  const T* h[INDIS_MAX_HIST];
+  for (int j = 0; j < INDIS_MAX_HIST; ++j) h[j] = static_cast<const T*>(a.hist[j]);
+  const C* u = static_cast<const C*>(a.u);
+  const C* w = static_cast<const C*>(a.w);
+  const C* p = static_cast<const C*>(a.p);
+  const C* q = static_cast<const C*>(a.q);
+  const int m = a.m;
+  // ~64 KiB of fp32 state per task: small enough to spread a CIFAR batch over the cores.
+  constexpr int64_t kGrain = 16384;
+  at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t b = begin / inner;
+    int64_t e = begin;
+    while (e < end) {
+      const int64_t row_end = std::min(end, (b + 1) * inner);
+      const int64_t n = row_end - e;
+      const A ub = static_cast<A>(u[b * a.u_sb]);
+      A wb[INDIS_MAX_HIST] = {A(0), A(0), A(0), A(0)};
+      for (int j = 0; j < m; ++j) wb[j] = static_cast<A>(w[b * a.w_sb + j * a.w_sj]);
+      const A pb = PRED ? static_cast<A>(p[b * a.p_sb]) : A(0);
+      const A qb = PRED ? static_cast<A>(q[b * a.q_sb]) : A(0);
+      auto at_e = [e](const T* ptr) { return ptr == nullptr ? nullptr : ptr + e; };
+      T* o = out + e;
+      const T* xe = x + e;
+      const T* pe = PRED ? pred + e : nullptr;
+      T* se = PRED ? slot + e : nullptr;
+      const T *h0 = at_e(h[0]), *h1 = at_e(h[1]), *h2 = at_e(h[2]), *h3 = at_e(h[3]);
+      switch (m) {
+        case 1:
+          row_kernel<T, A, 1, PRED>(o, xe, pe, se, h1, h2, h3, h0, n, ub, wb, pb, qb);
+          break;
+        case 2:
+          row_kernel<T, A, 2, PRED>(o, xe, pe, se, h1, h2, h3, h0, n, ub, wb, pb, qb);
+          break;
+        case 3:
+          row_kernel<T, A, 3, PRED>(o, xe, pe, se, h1, h2, h3, h0, n, ub, wb, pb, qb);
+          break;
+        default:
+          row_kernel<T, A, 4, PRED>(o, xe, pe, se, h1, h2, h3, h0, n, ub, wb, pb, qb);
+          break;
+      }
+      e = row_end;
+      ++b;
+    }
+  });
+}
+
+template <typename T>
+void cpu_dispatch_coef(const IndisUpdateArgs& a) {
+  if (a.coef_dtype == INDIS_F64) {
+    a.has_pred ? cpu_update<T, double, true>(a) : cpu_update<T, double, false>(a);
+  } else {
+    a.has_pred ? cpu_update<T, float, true>(a) : cpu_update<T, float, false>(a);
+  }
+}
+
+// ---- checks ----------------------------------------------------------------------------------
+struct Span {
+  const char* name;
+  uintptr_t lo, hi;
+};
+
+Span span_of(const at::Tensor& t, const char* name) {
+  const auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {name, lo, lo + static_cast<uintptr_t>(t.numel()) * t.element_size()};
+}
+
+bool overlap(const Span& a, const Span& b) { return a.lo < b.hi && b.lo < a.hi && a.hi > a.lo && b.hi > b.lo; }
+
+void check_like(const at::Tensor& t, const std::string& name, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.defined(), name, " is None / undefined");
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device(),
+                    "; all tensors must be on one device");
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has dtype ",
+                   x.scalar_type(), "; state and history must share one dtype (float32, float64, float16 or bfloat16)");
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has shape ", x.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
+}
+
+void check_coef(const at::Tensor& c, const char* name, const at::Tensor& x, int64_t batch, int64_t cols,
+                at::ScalarType coef_type, bool check_finite) {
+  TORCH_CHECK_VALUE(c.defined(), name, " is None / undefined");
+  TORCH_CHECK_VALUE(c.device() == x.device(), name, " is on ", c.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat || c.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64, got ", c.scalar_type());
+  TORCH_CHECK_TYPE(c.scalar_type() == coef_type, name, " has dtype ", c.scalar_type(), " but u has dtype ", coef_type,
+                   "; coefficients must share one dtype");
+  if (cols < 0) {
+    TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == batch, name, " must have shape [", batch,
+                      "] (one coefficient per sample), got ", c.sizes());
+  } else {
+    TORCH_CHECK_VALUE(c.dim() == 2 && c.size(0) == batch && c.size(1) == cols, name, " must have shape [", batch, ", ",
+                      cols, "] (one column per history entry), got ", c.sizes());
+  }
+  if (check_finite && c.numel() > 0) {
+    TORCH_CHECK_VALUE(at::isfinite(c).all().item<bool>(), name,
+                      " contains NaN or inf (check the timesteps / gamma the coefficients were computed from)");
+  }
+}
+
+void check_no_grad(const std::vector<const at::Tensor*>& ts) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK_VALUE(!(t->defined() && t->requires_grad()),
+                      "the fused update is not differentiable (it writes through raw pointers); call it under "
+                      "torch.no_grad() or use indis.solvers.sample for training");
+  }
+}
+
+void launch(const IndisUpdateArgs& a, const at::Tensor& x, std::uintptr_t stream) {
+  if (x.is_cuda()) {
+#ifdef INDIS_WITH_CUDA
+    run_update(a, true, stream);
+#else
+    (void)stream;
+    TORCH_CHECK(false, "indis._C was built without CUDA, cannot update CUDA tensors (rebuild with nvcc available)");
+#endif
+  } else {
+    pybind11::gil_scoped_release nogil;
+    run_update(a, false, stream);
+  }
+}
+
+void fill_coefs(IndisUpdateArgs& a, const at::Tensor& u, const at::Tensor& w) {
+  a.coef_dtype = u.scalar_type() == at::kDouble ? INDIS_F64 : INDIS_F32;
+  a.u = u.data_ptr();
+  a.u_sb = u.stride(0);
+  a.w = w.data_ptr();
+  a.w_sb = w.stride(0);
+  a.w_sj = w.stride(1);
+}
+
+void check_state(const at::Tensor& out, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.defined(), "x is None / undefined");
+  data_dtype_code(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have shape [B, ...] (at least one dimension), got a scalar");
+  TORCH_CHECK_VALUE(x.device().is_cpu() || x.device().is_cuda(), "x is on ", x.device(), "; only CPU and CUDA are supported");
+  TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous (call .contiguous() first)");
+  check_like(out, "out", x);
+}
+
+void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::Tensor>& hist, const at::Tensor& u,
+                     const at::Tensor& w, bool check_finite, std::uintptr_t stream) {
+  check_state(out, x);
+  const int64_t m = static_cast<int64_t>(hist.size());
+  TORCH_CHECK_VALUE(m >= 1 && m <= INDIS_MAX_HIST, "hist must hold 1 to ", INDIS_MAX_HIST,
+                    " tensors (the solver order M), got ", m);
+  std::vector<Span> spans;
+  for (int64_t j = 0; j < m; ++j) {
+    check_like(hist[j], "hist[" + std::to_string(j) + "]", x);
+  }
+  const int64_t B = x.size(0);
+  TORCH_CHECK_VALUE(u.defined(), "u is None / undefined");
+  check_coef(u, "u", x, B, -1, u.scalar_type(), check_finite);
+  check_coef(w, "w", x, B, m, u.scalar_type(), check_finite);
+  std::vector<const at::Tensor*> all{&out, &x, &u, &w};
+  for (const auto& h : hist) all.push_back(&h);
+  check_no_grad(all);
+  // out may be x itself; it must not overlap any history entry (that would destroy the history).
+  const Span so = span_of(out, "out"), sx = span_of(x, "x");
+  TORCH_CHECK_VALUE(so.lo == sx.lo || !overlap(so, sx), "out partially overlaps x (it may be x itself or disjoint)");
+  for (int64_t j = 0; j < m; ++j) {
+    TORCH_CHECK_VALUE(!overlap(so, span_of(hist[j], "hist")), "out overlaps hist[", j,
+                      "]; write the new state to x or a separate buffer");
+  }
+  IndisUpdateArgs a{};
+  a.out = out.data_ptr();
+  a.x = x.data_ptr();
+  for (int64_t j = 0; j < m; ++j) a.hist[j] = hist[j].data_ptr();
+  a.m = static_cast<int>(m);
+  a.has_pred = 0;
+  a.dtype = data_dtype_code(x, "x");
+  a.device = x.is_cuda() ? x.device().index() : -1;
+  a.batch = B;
+  a.inner = B > 0 ? x.numel() / B : 0;
+  fill_coefs(a, u, w);
+  launch(a, x, stream);
+}
+
+void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& pred, at::Tensor slot,
+                        const std::vector<at::Tensor>& hist, const at::Tensor& p, const at::Tensor& q,
+                        const at::Tensor& u, const at::Tensor& w, bool check_finite, std::uintptr_t stream) {
+  check_state(out, x);
+  check_like(pred, "pred", x);
+  check_like(slot, "slot", x);
+  const int64_t m = static_cast<int64_t>(hist.size()) + 1;
+  TORCH_CHECK_VALUE(m <= INDIS_MAX_HIST, "hist must hold 0 to ", INDIS_MAX_HIST - 1,
+                    " older entries (the solver order M minus the new one), got ", m - 1);
+  for (size_t j = 0; j < hist.size(); ++j) check_like(hist[j], "hist[" + std::to_string(j) + "]", x);
+  const int64_t B = x.size(0);
+  TORCH_CHECK_VALUE(u.defined(), "u is None / undefined");
+  check_coef(u, "u", x, B, -1, u.scalar_type(), check_finite);
+  check_coef(p, "p", x, B, -1, u.scalar_type(), check_finite);
+  check_coef(q, "q", x, B, -1, u.scalar_type(), check_finite);
+  check_coef(w, "w", x, B, m, u.scalar_type(), check_finite);
+  std::vector<const at::Tensor*> all{&out, &x, &pred, &slot, &p, &q, &u, &w};
+  for (const auto& h : hist) all.push_back(&h);
+  check_no_grad(all);
+  const Span so = span_of(out, "out"), sx = span_of(x, "x"), ss = span_of(slot, "slot"), sp = span_of(pred, "pred");
+  TORCH_CHECK_VALUE(so.lo == sx.lo || !overlap(so, sx), "out partially overlaps x (it may be x itself or disjoint)");
+  TORCH_CHECK_VALUE(!overlap(so, sp), "out overlaps pred");
+  TORCH_CHECK_VALUE(!overlap(ss, sx) && !overlap(ss, sp) && !overlap(ss, so),
+                    "slot overlaps x, pred or out; it must be its own ring-buffer entry");
+  for (size_t j = 0; j < hist.size(); ++j) {
+    const Span sh = span_of(hist[j], "hist");
+    TORCH_CHECK_VALUE(!overlap(so, sh) && !overlap(ss, sh), "out or slot overlaps hist[", j, "]");
+  }
+  IndisUpdateArgs a{};
+  a.out = out.data_ptr();
+  a.x = x.data_ptr();
+  a.pred = pred.data_ptr();
+  a.slot = slot.data_ptr();
+  for (size_t j = 0; j < hist.size(); ++j) a.hist[j + 1] = hist[j].data_ptr();
+  a.m = static_cast<int>(m);
+  a.has_pred = 1;
+  a.dtype = data_dtype_code(x, "x");
+  a.device = x.is_cuda() ? x.device().index() : -1;
+  a.batch = B;
+  a.inner = B > 0 ? x.numel() / B : 0;
+  fill_coefs(a, u, w);
+  a.p = p.data_ptr();
+  a.p_sb = p.stride(0);
+  a.q = q.data_ptr();
+  a.q_sb = q.stride(0);
+  launch(a, x, stream);
+}
+
+}  // namespace
+
+int data_dtype_code(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return INDIS_F32;
+    case at::kDouble:
+      return INDIS_F64;
+    case at::kHalf:
+      return INDIS_F16;
+    case at::kBFloat16:
+      return INDIS_BF16;
+    default:
+      TORCH_CHECK_TYPE(false, name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+  }
+  return -1;
+}
+
+void run_update(const IndisUpdateArgs& a, bool on_cuda, std::uintptr_t stream) {
+  if (on_cuda) {
+#ifdef INDIS_WITH_CUDA
+    const int err = indis_cuda_fused_update(&a, stream);
+    TORCH_CHECK(err == 0, "fused update: CUDA error ", err, ": ", indis_cuda_error_string(err));
+    return;
+#else
+    (void)stream;
+    TORCH_CHECK(false, "indis._C was built without CUDA");
+#endif
+  }
+  switch (a.dtype) {
+    case INDIS_F32:
+      cpu_dispatch_coef<float>(a);
+      break;
+    case INDIS_F64:
+      cpu_dispatch_coef<double>(a);
+      break;
+    case INDIS_F16:
+      cpu_dispatch_coef<c10::Half>(a);
+      break;
+    case INDIS_BF16:
+      cpu_dispatch_coef<c10::BFloat16>(a);
+      break;
+    default:
+      TORCH_CHECK(false, "fused update: unknown dtype code ", a.dtype);
+  }
+}
+
+void register_fused_update(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("fused_update", &fused_update_py, py::arg("out"), py::arg("x"), py::arg("hist"), py::arg("u"), py::arg("w"),
+        py::arg("check_finite") = true, py::arg("stream") = 0,
+        "out = u[b] * x + sum_j w[b, j] * hist[j], in one pass over memory (M = len(hist) in 1..4, newest first).\n"
+        "x, out, hist: contiguous [B, ...] tensors of one dtype (float32/float64/float16/bfloat16) on one device; "
+        "out may be x (in-place). u [B], w [B, M]: float32/float64 coefficients (any strides). Accumulates in "
+        "float32 (float64 for float64 data). check_finite: reject NaN/inf coefficients (synchronises on CUDA). "
+        "stream: CUDA stream handle (torch.cuda.current_stream().cuda_stream); ignored on the CPU.");
+  m.def("fused_update_x0", &fused_update_x0_py, py::arg("out"), py::arg("x"), py::arg("pred"), py::arg("slot"),
+        py::arg("hist"), py::arg("p"), py::arg("q"), py::arg("u"), py::arg("w"), py::arg("check_finite") = true,
+        py::arg("stream") = 0,
+        "The update with the newest history entry formed in the same pass (2 writes):\n"
+        "  slot = p[b] * x + q[b] * pred;  out = u[b] * x + w[b, 0] * slot + sum_{j>=1} w[b, j] * hist[j-1].\n"
+        "Used for DPM-Solver++ (slot = x0_hat = (x - sigma gamma eps) / alpha) and for x0/velocity-prediction "
+        "backbones (slot = eps). hist: 0..3 older entries, newest first; w: [B, len(hist) + 1].");
+}
+
+}  // namespace indis

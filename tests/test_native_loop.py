@@ -1,0 +1,186 @@
+"""Native sampler loop (_C.sample_loop via indis.native) against indis.solvers.sample, and FastSampler."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from indis import _native
+from indis.discretization import Discretization
+from indis.processes import get_process
+from indis.solvers import sample as py_sample
+
+pytestmark = pytest.mark.skipif(not _native.native_available(), reason="indis._C not built")
+
+from indis import native  # noqa: E402
+
+PROCS = {
+    "edm": (80.0, 0.002),
+    "flow": (0.988, 0.002),
+    "vp_linear": (1.0, 1e-3),
+    "vp_cosine": (0.9946, 1e-3),
+}
+
+
+class ToyBackbone(torch.nn.Module):
+    """A smooth nonlinear model x, t -> prediction (per-sample t), any prediction type."""
+
+    def __init__(self, process, prediction_type, dim=12):
+        super().__init__()
+        self.process, self.prediction_type = get_process(process), prediction_type
+        g = torch.Generator().manual_seed(0)
+        self.A = torch.nn.Parameter(0.3 * torch.randn(dim, dim, generator=g, dtype=torch.float64), requires_grad=False)
+        self.calls = 0
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        flat = x.reshape(x.shape[0], -1)
+        t = t.to(x.dtype).view(-1, 1)
+        out = torch.tanh(flat @ self.A.to(x.dtype)) * (1 + 0.1 * torch.log1p(t)) + 0.05 * flat
+        if cond is not None:
+            out = out + cond.to(x.dtype).view(-1, 1)
+        return out.reshape(x.shape)
+
+
+def _disc(proc_name, b, n, dtype=torch.float64, seed=0):
+    T, t0 = PROCS[proc_name]
+    g = torch.Generator().manual_seed(seed)
+    cuts = torch.sort(torch.rand(b, n - 1, generator=g, dtype=torch.float64), 1, descending=True).values
+    frac = torch.cat([torch.ones(b, 1, dtype=torch.float64), 0.05 + 0.9 * cuts, torch.zeros(b, 1, dtype=torch.float64)], 1)
+    if T > 2:
+        ts = torch.exp(torch.log(torch.tensor(t0)) + frac * (torch.log(torch.tensor(T)) - torch.log(torch.tensor(t0))))
+    else:
+        ts = t0 + frac * (T - t0)
+    gamma = 1 + 0.05 * torch.randn(b, n, generator=g, dtype=torch.float64)
+    dtau = -0.02 * (ts[:, :-1] - ts[:, 1:]) * torch.rand(b, n, generator=g, dtype=torch.float64)
+    return Discretization(ts.to(dtype), dtau.to(dtype), gamma.to(dtype))
+
+
+@pytest.mark.parametrize("proc_name", list(PROCS))
+@pytest.mark.parametrize("ptype", ["eps", "x0", "velocity"])
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("ipndm", 4), ("dpmpp_2m", 2)])
+def test_loop_matches_python_solver(proc_name, ptype, solver, order):
+    b, n = 3, 5
+    bb = ToyBackbone(proc_name, ptype)
+    disc = _disc(proc_name, b, n)
+    x_T = torch.randn(b, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_T = x_T * get_process(proc_name).prior_std()
+    ref64 = py_sample(bb, x_T, disc, solver=solver, order=order)
+    got64, info = native.sample(bb, x_T, disc, solver=solver, order=order, return_info=True)
+    assert info["ring"] == ("references" if ptype == "eps" and solver != "dpmpp_2m" else "buffer")
+    scale = ref64.abs().max()
+    assert torch.allclose(got64, ref64, rtol=1e-10, atol=1e-10 * scale)
+    # fp32 state: native and Python fp32 both against the fp64 reference
+    ref32 = py_sample(bb, x_T.float(), disc, solver=solver, order=order)
+    got32 = native.sample(bb, x_T.float(), disc, solver=solver, order=order)
+    assert got32.dtype == torch.float32
+    err_py = (ref32.double() - ref64).abs().max().item()
+    err_nat = (got32.double() - ref64).abs().max().item()
+    assert torch.allclose(got32.double(), ref32.double(), rtol=1e-5, atol=1e-5 * scale) or err_nat <= 2 * err_py + 1e-6 * scale
+
+
+def test_loop_half_precision_state():
+    bb = ToyBackbone("edm", "eps")
+    disc = _disc("edm", 4, 5)
+    x_T = 80 * torch.randn(4, 3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = py_sample(bb, x_T, disc, solver="ipndm")
+    for dt in (torch.float16, torch.bfloat16):
+        got = native.sample(bb, x_T, disc, solver="ipndm", state_dtype=dt)
+        assert got.dtype == dt
+        rel = ((got.double() - ref).abs().max() / ref.abs().max()).item()
+        assert rel < (5e-3 if dt == torch.float16 else 4e-2), (dt, rel)
+
+
+def test_loop_shared_schedule_cond_and_no_mutation():
+    bb = ToyBackbone("edm", "x0")
+    ts = torch.tensor([80.0, 5.0, 0.5, 0.002], dtype=torch.float64)
+    x_T = 80 * torch.randn(2, 12, dtype=torch.float64)
+    keep = x_T.clone()
+    cond = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    ref = py_sample(bb, x_T, ts, solver="dpmpp_2m", cond=cond)
+    bb.calls = 0
+    got = native.sample(bb, x_T, ts, solver="dpmpp_2m", cond=cond)
+    assert bb.calls == 3
+    assert torch.equal(x_T, keep)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-8)
+
+
+def test_loop_backbone_returning_its_input_is_safe():
+    """An output aliasing the state is copied before the in-place update (reference ring)."""
+    ident = lambda x, t, c: x
+    ts = torch.tensor([80.0, 5.0, 0.5, 0.002], dtype=torch.float64)
+    x_T = torch.randn(2, 5, dtype=torch.float64)
+    ref = py_sample(ident, x_T, ts, solver="ipndm", process="edm", prediction_type="eps")
+    got = native.sample(ident, x_T, ts, solver="ipndm", process="edm", prediction_type="eps")
+    assert torch.allclose(got, ref, rtol=1e-12)
+
+
+def test_loop_bad_input():
+    bb = ToyBackbone("edm", "eps")
+    ts = torch.tensor([80.0, 5.0, 0.002], dtype=torch.float64)
+    x = torch.randn(2, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="order"):
+        native.sample(bb, x, ts, solver="ipndm", order=5)
+    with pytest.raises(ValueError, match="native"):
+        native.sample(bb, x, ts, solver="unipc")
+    with pytest.raises(ValueError, match="N >= 1"):
+        native.sample(bb, x, ts[:1], solver="euler")
+    with pytest.raises(ValueError, match="decreasing"):
+        native.sample(bb, x, ts.flip(0), solver="euler")
+    with pytest.raises(ValueError, match="batch size"):
+        native.sample(bb, x, ts.expand(3, -1), solver="euler")
+    with pytest.raises(ValueError, match="NaN"):
+        native.sample(bb, x, ts, solver="euler", gamma=torch.tensor([1.0, float("nan")], dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        native.sample(lambda x, t, c: x[:, :3], x, ts, solver="euler", process="edm", prediction_type="eps")
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        native.sample(lambda x, t, c: 1.0, x, ts, solver="euler", process="edm", prediction_type="eps")
+    with pytest.raises(RuntimeError, match="boom"):
+        def bad(x, t, c):
+            raise RuntimeError("boom")
+        native.sample(bad, x, ts, solver="euler", process="edm", prediction_type="eps")
+    C = _native.load()
+    with pytest.raises(ValueError, match="order"):
+        C.sample_loop(lambda x, t: x, x, ts, None, None, "dpmpp_2m", 3, "edm", [], "eps")
+    with pytest.raises(ValueError, match="process"):
+        C.sample_loop(lambda x, t: x, x, ts, None, None, "euler", 1, "vp_linear", [], "eps")
+    with pytest.raises(ValueError, match="prediction_type"):
+        C.sample_loop(lambda x, t: x, x, ts, None, None, "euler", 1, "edm", [], "noise")
+    with pytest.raises(TypeError, match="callable"):
+        C.sample_loop(3, x, ts, None, None, "euler", 1, "edm", [], "eps")
+    with pytest.raises(TypeError, match="dtype"):
+        C.sample_loop(lambda x, t: x, x.int(), ts, None, None, "euler", 1, "edm", [], "eps")
+    with pytest.raises(ValueError, match="NaN"):
+        C.sample_loop(lambda x, t: x, x * float("nan"), ts, None, None, "euler", 1, "edm", [], "eps")
+
+
+def test_fast_sampler_paths_and_timings():
+    bb = ToyBackbone("edm", "eps")
+    disc = _disc("edm", 2, 4)
+    x_T = 80 * torch.randn(2, 12, dtype=torch.float64)
+
+    class Pred(torch.nn.Module):
+        def forward(self, x, cond=None):
+            return disc
+
+    ref = py_sample(bb, x_T, disc, solver="ipndm")
+    fs = native.FastSampler(bb, Pred(), solver="ipndm")
+    x0, tm = fs(x_T)
+    assert tm["path"] == "native" and tm["nfe"] == 4
+    for k in ("predictor_ms", "loop_ms", "total_ms", "backbone_ms", "update_ms"):
+        assert tm[k] >= 0
+    assert torch.allclose(x0, ref, rtol=1e-10)
+    x1, tm1 = native.FastSampler(bb, solver="ipndm", backend="python")(x_T, disc=disc)
+    assert tm1["path"] == "python" and torch.allclose(x1, ref, rtol=1e-12)
+    x2, tm2 = native.FastSampler(bb, solver="unipc")(x_T, disc=disc)  # auto: UniPC falls back to Python
+    assert tm2["path"] == "python" and "Python-only" in tm2["fallback_reason"]
+    with pytest.raises(ValueError, match="Python-only"):
+        native.FastSampler(bb, solver="unipc", backend="native")
+    with pytest.raises(ValueError, match="disc"):
+        native.FastSampler(bb)(x_T)
+
+
+def test_tensorrt_backbone_reports_missing_support():
+    if _native.build_info()["tensorrt"]:
+        pytest.skip("built with TensorRT")
+    with pytest.raises(RuntimeError, match="without TensorRT"):
+        native.TensorRTBackbone("model.plan")
