@@ -81,9 +81,9 @@ class StudyConfig:
 
 
 def quick_config(**over) -> StudyConfig:
-    cfg = dict(nfes=(3,), num_train=1000, num_fit=96, num_eval=384, global_iters=40, global_batch=96,
-               global_full_iters=20, oracle_iters=30, oracle_full_iters=15, indis_iters=50, indis_batch=96,
-               indis_full_iters=25, metrics=MetricSpec(ref_n=20000, w2_n=256).to_dict())
+    cfg = dict(nfes=(3,), num_train=1000, num_fit=96, num_eval=256, global_iters=30, global_batch=96,
+               global_full_iters=15, oracle_iters=25, oracle_full_iters=10, indis_iters=40, indis_batch=96,
+               indis_full_iters=20, metrics=MetricSpec(ref_n=20000, w2_n=256).to_dict())
     from .learned import QUICK_TRAIN
 
     cfg["learned_train"] = dict(QUICK_TRAIN)
@@ -560,7 +560,8 @@ def markdown_report(results_path) -> str:
               "| comparison | NFEs | MSE | KL | W2 |", "|---|---|---|---|---|"]
     low = [n for n in nfes if n <= 6]
     for a, b in (("indis", "global"), ("indis_full", "global_full"), ("indis_full", "global")):
-        for label, ns in ((f"{nfes[0]}-{nfes[-1]}", None), ("3-6", low)):
+        ranges = [(f"{nfes[0]}-{nfes[-1]}", None)] + ([("3-6", low)] if low and low != nfes else [])
+        for label, ns in ranges:
             vals = [relative_gain(doc, a, b, m, ns) for m in ("mse", "kl", "w2")]
             if all(v is not None for v in vals):
                 lines.append(f"| {a} vs {b} | {label} | " + " | ".join(f"{-100 * v:+.2f}%" for v in vals) + " |")
