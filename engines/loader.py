@@ -1,0 +1,182 @@
+"""Load an export folder (made by `indis export`) on one backend and sample from it.
+
+Backends:
+  torch    the PyTorch predictor (predictor.safetensors from the folder) and backbone (resolved from the spec in
+           the manifest, or passed in; its id must match the manifest); CUDA graphs with cuda_graph=True on GPU
+  ort      predictor.onnx and backbone.onnx in ONNX Runtime (CPU, or CUDA with I/O binding)
+  trt      the TensorRT engines in trt/ (rebuilt when stale and TensorRT can build; refused otherwise)
+  native   the native sampler loop of indis.native (csrc/) driving the networks of `native_runtime`
+           ("torch" by default, or "ort" / "trt")
+
+Every file is verified against the manifest (size and sha256) before it is used. The solver loop is the same
+for torch / ort / trt (indis.solvers.sample, float32 state), so the backends differ only by the network runtime.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ..backbones.base import CondSpec
+from ..export import manifest as mf
+from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner, _device
+
+Tensor = torch.Tensor
+
+
+def _torch_networks(folder: Path, man: Dict, backbone=None):
+    from ..export.onnx_export import BackboneForExport, PredictorForExport
+    from ..export.pipeline import predictor_id
+    from ..predictor import load_predictor
+
+    if backbone is None:
+        spec = (man.get("backbone") or {}).get("spec")
+        if not spec:
+            raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone to load_engines(backbone=...)")
+        from .spec import resolve_backbone
+
+        backbone = resolve_backbone(spec)
+    if backbone.backbone_id != man["backbone_id"]:
+        raise mf.ArtifactError(f"{folder} was exported for backbone id {man['backbone_id']}, but the torch backbone has id "
+                               f"{backbone.backbone_id}; load the matching backbone or re-export")
+    mf.verify_file(folder, "predictor.safetensors", man["artifacts"]["predictor.safetensors"])
+    model, _ = load_predictor(folder / "predictor.safetensors", man["backbone_id"])
+    if predictor_id(model) != man["predictor_id"]:
+        raise mf.ArtifactError(f"{folder}/predictor.safetensors does not have the manifest's predictor id {man['predictor_id']}")
+    return PredictorForExport(model.eval()), BackboneForExport(backbone.eval())
+
+
+def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cuda_graph: bool = False, backbone=None,
+                 precision: Optional[str] = None, rebuild: bool = True, log=print):
+    """(EnginePredictor, EngineBackbone, manifest) of an export folder on a backend ("torch", "ort", "trt")."""
+    if backend not in ("torch", "ort", "trt"):
+        raise ValueError(f"backend must be one of torch, ort, trt here (native: use load_engine_sampler), got {backend!r}")
+    folder = Path(folder)
+    man = mf.load_manifest(folder)
+    art = man["artifacts"]
+    names = {"predictor": ["x_T"], "backbone": ["x", "t"]}
+    cs = CondSpec(**man["backbone"]["cond_spec"])
+    if cs.kind != "none":
+        names = {k: v + ["cond"] for k, v in names.items()}
+    outs = {"predictor": ["tau", "dtau", "gamma"], "backbone": ["prediction"]}
+    runners = {}
+    if backend == "torch":
+        pmod, bmod = _torch_networks(folder, man, backbone)
+        runners["predictor"] = TorchRunner(pmod, names["predictor"], outs["predictor"], device, cuda_graph)
+        runners["backbone"] = TorchRunner(bmod, names["backbone"], outs["backbone"], device, cuda_graph)
+    elif backend == "ort":
+        for net in ("predictor", "backbone"):
+            entry = art[f"{net}.onnx"]
+            path = mf.verify_file(folder, f"{net}.onnx", entry)
+            runners[net] = ORTRunner(path, entry["output_shapes"], device, threads)
+    else:
+        from ..export.pipeline import resolve_trt_engine
+
+        for net in ("predictor", "backbone"):
+            plan = resolve_trt_engine(folder, man, net, precision, rebuild=rebuild, log=log)
+            runners[net] = TRTRunner(plan, device, cuda_graph, man.get("profile"))
+    pred = EnginePredictor(runners["predictor"], man["nfe"], man["backbone"]["data_shape"], cs, man["predictor_id"])
+    bb = EngineBackbone(runners["backbone"], man["backbone"]["process"], man["backbone"]["prediction_type"],
+                        man["backbone"]["data_shape"], cs, man["backbone_id"])
+    return pred, bb, man
+
+
+class EngineSampler:
+    """(x_T, cond) -> (x0, timings): predictor then the few-step solve, on one backend.
+
+    timings (seconds, wall clock, synchronised on CUDA): {'predictor', 'solver', 'total'}."""
+
+    def __init__(self, predictor, backbone, solver: str, order: Optional[int], manifest: Dict, native=None):
+        self.predictor, self.backbone = predictor, backbone
+        self.solver, self.order = solver, order
+        self.manifest = manifest
+        self.native = native
+        self.backend = "native" if native is not None else backbone.backend
+
+    def _sync(self, x):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+
+    @torch.no_grad()
+    def __call__(self, x_T: Tensor, cond=None):
+        from ..solvers import sample
+
+        cs = self.backbone.cond_spec
+        c = cs.check(cond, x_T.shape[0], "sampler")  # once, outside the loop: labels -> one-hot
+        t0 = time.perf_counter()
+        disc = self.predictor(x_T, c)
+        self._sync(x_T)
+        t1 = time.perf_counter()
+        info = {}
+        if self.native is not None:
+            x0, info = self.native(x_T, c, disc=disc)
+        else:
+            x0 = sample(self.backbone, x_T, disc, solver=self.solver, order=self.order, cond=c, state_dtype=torch.float32)
+        self._sync(x0)
+        t2 = time.perf_counter()
+        return x0, {**info, "predictor": t1 - t0, "solver": t2 - t1, "total": t2 - t0, "discretization": disc}
+
+
+def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optional[str] = None, order: Optional[int] = None,
+                        threads: int = 0, cuda_graph: Optional[bool] = None, backbone=None, native_runtime: str = "torch",
+                        log=print) -> EngineSampler:
+    """An EngineSampler for an export folder. solver/order default to the manifest's (the predictor was trained
+    for them)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    dev = _device(device)
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda"
+    runtime = native_runtime if backend == "native" else backend
+    # CUDA graphs: per network call in the torch/trt runners; for the native backend the native sampler
+    # captures the whole loop instead (torch networks only: ORT calls and TensorRT's private stream are not captured)
+    native_graph = backend == "native" and bool(cuda_graph) and dev.type == "cuda" and runtime == "torch"
+    runner_graph = bool(cuda_graph) and runtime != "ort" and not native_graph
+    pred, bb, man = load_engines(folder, runtime, dev, threads, runner_graph, backbone, log=log)
+    solver = solver or man["solver"]
+    order = order if order is not None else (man.get("order") if solver == man["solver"] else None)
+    native = None
+    if backend == "native":
+        try:
+            from ..native import FastSampler
+        except ImportError as e:
+            raise ImportError(f"the native backend needs indis.native (the csrc sampler core): {e}") from e
+        native = FastSampler(bb, pred, solver=solver, order=order, backend="native", cuda_graph=native_graph,
+                             state_dtype=torch.float32)
+    return EngineSampler(pred, bb, solver, order, man, native)
+
+
+def sample_seeds(folder, seeds: Sequence[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
+                 backbone=None, table=None, progress: bool = False, **kw):
+    """Samples for a list of seeds (per-seed x_T and condition as indis.training.seeds, so the same seed gives the
+    same sample at any batch size and on every backend). Returns (x0 [S, ...] float32 CPU, discretizations
+    {timesteps, dtau, gamma} [S, ...] float64 CPU, x_T, cond, sampler)."""
+    from ..training.seeds import draw
+
+    fs = load_engine_sampler(folder, backend, device, threads=threads, backbone=backbone, **kw)
+    man = fs.manifest
+    dev = _device(device)
+    cs = CondSpec(**man["backbone"]["cond_spec"])
+    from ..processes import get_process
+
+    prior_std = get_process(man["backbone"]["process"]).prior_std()
+    x_T, cond = draw(list(seeds), man["backbone"]["data_shape"], prior_std, cs, table)
+    bs = batch_size or int(man["profile"]["opt"])
+    bs = min(bs, int(man["profile"]["max"])) if backend == "trt" else bs
+    xs, parts = [], {"timesteps": [], "dtau": [], "gamma": []}
+    from tqdm.auto import tqdm
+
+    for lo in tqdm(range(0, len(x_T), bs), desc=f"sample ({backend})", disable=not progress):
+        xb = x_T[lo: lo + bs].to(dev)
+        cb = None if cond is None else cond[lo: lo + bs].to(dev)
+        x0, info = fs(xb, cb)
+        xs.append(x0.float().cpu())
+        d = info.get("discretization") if isinstance(info, dict) else None
+        if d is None:
+            d = fs.predictor(xb, cs.check(cb, xb.shape[0], "sampler"))
+        parts["timesteps"].append(d.timesteps.double().cpu())
+        parts["dtau"].append(d.dtau.double().cpu())
+        parts["gamma"].append(d.gamma.double().cpu())
+    return torch.cat(xs), {k: torch.cat(v) for k, v in parts.items()}, x_T, cond, fs
