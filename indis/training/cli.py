@@ -167,24 +167,31 @@ def run_sample(args) -> int:
     from .teacher import GuidedBackbone
     from .train import heuristic, solve
 
-    bb = load_backbone_spec(args.backbone)
-    if args.predictor:
-        model, meta = load_predictor(args.predictor, bb.backbone_id)
-    else:
-        model = heuristic(bb, args.schedule, args.nfe)
     seeds = _seeds(args.seeds)
-    x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
-    net = GuidedBackbone(bb, args.cfg_scale)
-    xs, discs = [], []
-    from tqdm.auto import tqdm
+    if args.engines:  # an export folder on one backend (indis.engines)
+        from ..engines.cli import sample_from_engines
 
-    with torch.no_grad():
-        for lo in tqdm(range(0, len(seeds), args.batch_size), desc="sample", disable=args.no_progress):
-            xb, cb = x_T[lo : lo + args.batch_size], None if cond is None else cond[lo : lo + args.batch_size]
-            d = model(xb, cb)
-            discs.append(d)
-            xs.append(solve(d, net, xb, cb, args.solver))
-    x = torch.cat(xs).float()
+        x, discs, x_T, cond, model = sample_from_engines(args)
+    else:
+        if not args.backbone:
+            raise ValueError("give --backbone (or --engines DIR)")
+        bb = load_backbone_spec(args.backbone)
+        if args.predictor:
+            model, meta = load_predictor(args.predictor, bb.backbone_id)
+        else:
+            model = heuristic(bb, args.schedule, args.nfe)
+        x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
+        net = GuidedBackbone(bb, args.cfg_scale)
+        xs, discs = [], []
+        from tqdm.auto import tqdm
+
+        with torch.no_grad():
+            for lo in tqdm(range(0, len(seeds), args.batch_size), desc="sample", disable=args.no_progress):
+                xb, cb = x_T[lo : lo + args.batch_size], None if cond is None else cond[lo : lo + args.batch_size]
+                d = model(xb, cb)
+                discs.append(d)
+                xs.append(solve(d, net, xb, cb, args.solver))
+        x = torch.cat(xs).float()
     if x.dim() != 4:
         raise ValueError(f"sample writes image grids; this backbone's samples have shape {tuple(x.shape[1:])}")
     b, c, h, w = x.shape
@@ -201,7 +208,7 @@ def run_sample(args) -> int:
     plt.imsave(out, arr[..., 0] if c == 1 else arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     cat = lambda k: torch.cat([getattr(d, k) for d in discs]).double().tolist()
     atomic_write_json(out.with_suffix(".timesteps.json"), {"seeds": seeds, "timesteps": cat("timesteps"), "dtau": cat("dtau"), "gamma": cat("gamma"),
-                                                           "predictor": args.predictor, "schedule": None if args.predictor else args.schedule})
+                                                           "predictor": args.engines or args.predictor, "schedule": None if (args.predictor or args.engines) else args.schedule})
     if args.plot:
         plot_timesteps(model, x_T, cond, out.with_suffix(".timesteps.png"))
     print(f"wrote {out} and {out.with_suffix('.timesteps.json')}")
@@ -211,8 +218,8 @@ def run_sample(args) -> int:
 def add_subparsers(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    def common(p):
-        p.add_argument("--backbone", required=True, help="bundled | ideal | gmm-image | module:function")
+    def common(p, backbone_required=True):
+        p.add_argument("--backbone", required=backbone_required, help="bundled | ideal | gmm-image | module:function")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -256,7 +263,10 @@ def add_subparsers(subparsers) -> None:
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("sample", help="sample a PNG grid with a predictor or a heuristic; timesteps saved beside it", formatter_class=fmt)
-    common(p)
+    common(p, backbone_required=False)
+    from ..engines.cli import add_sample_options
+
+    add_sample_options(p)  # --engines DIR --backend torch|ort|trt|native --device
     p.add_argument("--predictor", default=None)
     p.add_argument("--schedule", default="polynomial")
     p.add_argument("--nfe", type=int, default=5)

@@ -1,0 +1,209 @@
+"""Runtimes over an export folder: torch and ONNX Runtime give the same samples for the same seeds (and native when
+indis.native is built), the real ORT provider, batch invariance, the CLI (`indis export`, `indis sample --engines`),
+the per-sample sigma export and its diffusers worked example (docs/export.md)."""
+import json
+import sys
+
+import pytest
+import torch
+
+from indis.backbones.edm import EDMBackbone
+from indis.discretization import DiscretizationParam
+from indis.export.pipeline import export_folder
+from indis.predictor import Predictor
+from indis.solvers import sample
+from indis.training.demo import ImageGMM
+from indis.training.seeds import draw
+
+SEEDS = list(range(7))
+QUIET = dict(log=lambda *a: None)
+
+# Stated tolerance for "the same samples" across backends (fp32 everywhere, NFE 4):
+#   |x_backend - x_torch| <= SAMPLE_ATOL, and the backend's error against a float64-state PyTorch reference is
+#   at most K times PyTorch fp32's own error (plus a floor), as in flash-attention's tests.
+SAMPLE_ATOL = 2e-3
+K, FLOOR = 4.0, 2e-5
+
+
+def _predictor(bb, nfe, warp, seed=0, **kw):
+    model = Predictor(DiscretizationParam(bb.process, nfe, warp=warp, **kw), bb.data_shape, bb.cond_spec, hidden=16, conv_width=8)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    return model.eval()
+
+
+def _small_edm():
+    torch.manual_seed(0)
+    bb = EDMBackbone.from_kwargs(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
+                                 channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4]).eval()
+    with torch.no_grad():
+        for p in bb.parameters():
+            if (p == 0).all():
+                p.normal_(0, 0.3)
+    bb.refresh_id()
+    return bb
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engines")
+    out = {}
+    gmm = ImageGMM(channels=1, res=8, components=4, conditional=True)
+    out["gmm"] = (root / "gmm", gmm, _predictor(gmm, 4, "logsnr"))
+    edm = _small_edm()
+    out["edm"] = (root / "edm", edm, _predictor(edm, 4, "sigma_rho", seed=1))
+    for folder, bb, model in out.values():
+        export_folder(model, bb, folder, profile={"min": 1, "opt": 4, "max": 8}, **QUIET)
+    return out
+
+
+@pytest.mark.parametrize("which", ["gmm", "edm"])
+def test_backends_give_the_same_samples(folders, which):
+    from indis.engines.loader import sample_seeds
+
+    folder, bb, model = folders[which]
+    res = {}
+    for be in ("torch", "ort"):
+        x, parts, x_T, cond, fs = sample_seeds(folder, SEEDS[:5], be, batch_size=5, backbone=bb)
+        res[be] = (x, parts)
+    assert fs.backbone.provider == "CPUExecutionProvider"
+    # float64-state PyTorch reference on the same discretization
+    with torch.no_grad():
+        d = model(x_T, cond)
+        x64 = sample(bb, x_T.double(), d.to(torch.float64), solver="ipndm", cond=cond, state_dtype=torch.float64).float()
+    (xt, pt), (xo, po) = res["torch"], res["ort"]
+    assert (pt["timesteps"] - po["timesteps"]).abs().max() < 1e-4
+    diff = (xo - xt).abs().max().item()
+    err_torch = (xt - x64).abs().max().item()
+    err_ort = (xo - x64).abs().max().item()
+    assert diff <= SAMPLE_ATOL, (diff, err_torch, err_ort)
+    assert err_ort <= K * err_torch + FLOOR, (diff, err_torch, err_ort)
+
+
+def test_native_backend(folders):
+    pytest.importorskip("indis.native")
+    from indis.engines.loader import sample_seeds
+
+    folder, bb, _ = folders["edm"]
+    xt, *_ = sample_seeds(folder, SEEDS[:5], "torch", batch_size=5, backbone=bb)
+    xn, *_ = sample_seeds(folder, SEEDS[:5], "native", batch_size=5, backbone=bb)
+    assert (xn - xt).abs().max() <= SAMPLE_ATOL
+
+
+def test_batch_invariance_and_provider(folders):
+    import onnxruntime as ort
+
+    from indis.engines.loader import load_engines, sample_seeds
+
+    folder, bb, _ = folders["gmm"]
+    a, *_ = sample_seeds(folder, SEEDS, "ort", batch_size=3)
+    b, *_ = sample_seeds(folder, SEEDS[2:5], "ort", batch_size=1)
+    assert (a[2:5] - b).abs().max() < 1e-5
+    pred, eb, man = load_engines(folder, "ort", threads=1)
+    sess = eb.runner.session
+    assert eb.provider == sess.get_providers()[0] == "CPUExecutionProvider"
+    assert eb.backbone_id == bb.backbone_id and pred.predictor_id == man["predictor_id"]
+    # the engine backbone is a backbone: labels are checked and one-hot encoded like the torch model's
+    x_T, cond = draw([0, 1], bb.data_shape, 1.0, bb.cond_spec)
+    t = torch.tensor([1.0, 2.0])
+    assert (eb(x_T, t, cond) - bb(x_T, t, cond)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="class labels"):
+        eb(x_T, t, torch.tensor([0, 99]))
+    if not torch.cuda.is_available():
+        assert "CUDAExecutionProvider" in ort.get_available_providers() or True  # listed or not, it is not used
+        with pytest.raises(ImportError, match="CUDA"):
+            load_engines(folder, "ort", device="cuda")
+
+
+def test_torch_backend_checks_backbone_id(folders):
+    from indis.engines.loader import load_engines
+    from indis.export.manifest import ArtifactError
+
+    folder, _, _ = folders["gmm"]
+    with pytest.raises(ArtifactError, match="backbone id"):
+        load_engines(folder, "torch", backbone=ImageGMM(channels=1, res=8, components=4, conditional=True, seed=5))
+
+
+def test_cli_export_and_sample(tmp_path, capsys):
+    from indis.cli import main
+
+    out = tmp_path / "engines" / "gmm"
+    assert main(["export", "--backbone", "gmm-image", "--nfe", "3", "--out", str(out), "--batch", "1,4,8",
+                 "--sigmas-seeds", "0-3", "--threads", "1"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["nfe"] == 3 and man["solver"] == "ipndm" and man["backbone"]["spec"] == "gmm-image"
+    assert {"predictor.onnx", "backbone.onnx", "predictor.safetensors", "sigmas.json"} <= set(man["artifacts"])
+    stamps = {}
+    for be in ("torch", "ort"):
+        png = tmp_path / f"s_{be}.png"
+        assert main(["sample", "--engines", str(out), "--backend", be, "--seeds", "0-5", "--out", str(png), "--no-progress"]) == 0
+        stamps[be] = json.loads(png.with_suffix(".timesteps.json").read_text())
+    # the plain PyTorch path of `indis sample` (heuristic schedule) gives the same timesteps
+    png = tmp_path / "s_plain.png"
+    assert main(["sample", "--backbone", "gmm-image", "--nfe", "3", "--seeds", "0-5", "--out", str(png), "--no-progress"]) == 0
+    plain = json.loads(png.with_suffix(".timesteps.json").read_text())
+    for be in ("torch", "ort"):
+        assert torch.allclose(torch.tensor(stamps[be]["timesteps"]), torch.tensor(plain["timesteps"]), atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["sample", "--engines", str(out), "--backend", "trt", "--seeds", "0", "--out", str(tmp_path / "t.png")]) == 2
+    assert "indis[tensorrt]" in capsys.readouterr().err
+
+
+def test_sigmas_json(folders, tmp_path):
+    from indis.export.sigmas import export_sigmas, sigmas_for_seed
+
+    _, bb, model = folders["edm"]
+    doc = export_sigmas(model, bb, [0, 1, 2], tmp_path / "sigmas.json")
+    assert json.loads((tmp_path / "sigmas.json").read_text())["format"] == "indis-sigmas"
+    rows = doc["samples"]
+    assert [r["seed"] for r in rows] == [0, 1, 2] and doc["nfe"] == 4
+    for r in rows:
+        assert len(r["sigmas"]) == 5 and len(r["diffusers_sigmas"]) == 4 and r["sigmas"][:4] == r["diffusers_sigmas"]
+        assert r["sigmas"] == pytest.approx(r["timesteps"])  # EDM: sigma = t
+        assert r["sigmas"][0] == pytest.approx(80.0) and r["sigmas"][-1] == pytest.approx(0.002)
+    assert max(abs(a - b) for a, b in zip(rows[0]["sigmas"], rows[1]["sigmas"])) > 1e-3  # per sample
+    assert sigmas_for_seed(doc, 1) == rows[1]["sigmas"]
+    vp = ImageGMM(channels=1, res=8, components=2, process="vp_linear")
+    doc = export_sigmas(_predictor(vp, 3, "logsnr"), vp, [4], tmp_path / "vp.json")
+    r = doc["samples"][0]
+    assert r["sigmas"] == pytest.approx(vp.process.ve_sigma(torch.tensor(r["timesteps"], dtype=torch.float64)).tolist())
+
+
+def test_diffusers_worked_example(monkeypatch):
+    """docs/export.md: per-sample INDIS sigmas in a diffusers FlowMatchEulerDiscreteScheduler, one sample at a time."""
+    try:  # a torchvision build that does not match torch breaks diffusers' model imports: hide it
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    except Exception:
+        monkeypatch.setitem(sys.modules, "torchvision", None)
+    diffusers = pytest.importorskip("diffusers")
+    from indis.backbones.flow import DiffusersAdapter
+    from indis.export.sigmas import schedules_for_seeds
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                                 norm_num_groups=4).eval()
+    bb = DiffusersAdapter(unet, (1, 8, 8), process="flow", prediction_type="velocity", timestep_scale=1000.0)
+    model = _predictor(bb, 4, "t", b_dtau=0.0, b_gamma=0.0)  # plain sigma lists carry no shift/scale
+    seeds = [0, 1, 2]
+    doc = schedules_for_seeds(model, bb, seeds)
+    x_T, _ = draw(seeds, bb.data_shape, bb.process.prior_std())
+    for i, row in enumerate(doc["samples"]):
+        sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
+        sched.set_timesteps(sigmas=row["diffusers_sigmas"])
+        assert len(sched.timesteps) == 4
+        x = x_T[i: i + 1]
+        with torch.no_grad():
+            for t in sched.timesteps:
+                v = unet(x, t.expand(1)).sample
+                x = sched.step(v, t, x).prev_sample
+            ts = torch.tensor(row["timesteps"], dtype=torch.float32)
+            x_indis, traj = sample(bb, x_T[i: i + 1], ts, solver="euler", state_dtype=torch.float32, return_trajectory=True)
+        # diffusers steps from tau_{N-1} to 0, INDIS to t0: the same last velocity, a different step length
+        x_prev, t_prev, t0 = traj[-2], row["timesteps"][-2], row["timesteps"][-1]
+        expected = x_prev + (0.0 - t_prev) / (t0 - t_prev) * (x_indis - x_prev)
+        assert (x - expected).abs().max() < 1e-4
