@@ -12,8 +12,14 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <type_traits>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -35,6 +41,32 @@ struct AccOf<double> {
   using type = double;
 };
 
+// Element loads/stores. bfloat16 via bit operations (round to nearest even, NaN kept quiet), which
+// the compiler vectorises; float16 goes to an F16C kernel when the CPU has it (half_row_f16c).
+template <typename A, typename T>
+inline A ld(T v) {
+  return static_cast<A>(v);
+}
+template <>
+inline float ld<float, c10::BFloat16>(c10::BFloat16 v) {
+  const uint32_t b = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+template <typename T, typename A>
+inline T st(A v) {
+  return static_cast<T>(v);
+}
+template <>
+inline c10::BFloat16 st<c10::BFloat16, float>(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  r = (f != f) ? 0x7FC0u : r;
+  return c10::BFloat16(static_cast<uint16_t>(r), c10::BFloat16::from_bits());
+}
+
 // One contiguous run of n elements of one sample. M and the variant are compile-time so that the
 // loop is a straight-line SIMD body; `#pragma omp simd` asserts the absence of loop-carried
 // dependencies (out may be x: each element is read before it is written, at the same index).
@@ -48,26 +80,74 @@ void row_kernel(T* out, const T* x, const T* pred, T* slot, const T* h1, const T
   if constexpr (PRED) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      const A xi = static_cast<A>(x[i]);
-      const A s = p * xi + q * static_cast<A>(pred[i]);
-      slot[i] = static_cast<T>(s);
+      const A xi = ld<A>(x[i]);
+      const A s = p * xi + q * ld<A>(pred[i]);
+      slot[i] = st<T>(s);
       A acc = u * xi + w0 * s;
-      if constexpr (M > 1) acc += w1 * static_cast<A>(h1[i]);
-      if constexpr (M > 2) acc += w2 * static_cast<A>(h2[i]);
-      if constexpr (M > 3) acc += w3 * static_cast<A>(h3[i]);
-      out[i] = static_cast<T>(acc);
+      if constexpr (M > 1) acc += w1 * ld<A>(h1[i]);
+      if constexpr (M > 2) acc += w2 * ld<A>(h2[i]);
+      if constexpr (M > 3) acc += w3 * ld<A>(h3[i]);
+      out[i] = st<T>(acc);
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      A acc = u * static_cast<A>(x[i]) + w0 * static_cast<A>(h0[i]);
-      if constexpr (M > 1) acc += w1 * static_cast<A>(h1[i]);
-      if constexpr (M > 2) acc += w2 * static_cast<A>(h2[i]);
-      if constexpr (M > 3) acc += w3 * static_cast<A>(h3[i]);
-      out[i] = static_cast<T>(acc);
+      A acc = u * ld<A>(x[i]) + w0 * ld<A>(h0[i]);
+      if constexpr (M > 1) acc += w1 * ld<A>(h1[i]);
+      if constexpr (M > 2) acc += w2 * ld<A>(h2[i]);
+      if constexpr (M > 3) acc += w3 * ld<A>(h3[i]);
+      out[i] = st<T>(acc);
     }
   }
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define INDIS_HAVE_F16C_PATH 1
+// float16 rows with hardware conversions (8 lanes, AVX2 + FMA + F16C), selected at run time.
+__attribute__((target("avx2,fma,f16c"))) void half_row_f16c(uint16_t* out, const uint16_t* x, const uint16_t* pred,
+                                                             uint16_t* slot, const uint16_t* const* h, int m,
+                                                             bool has_pred, int64_t n, float u, const float* w,
+                                                             float p, float q) {
+  const int j0 = has_pred ? 1 : 0;
+  const __m256 vu = _mm256_set1_ps(u), vp = _mm256_set1_ps(p), vq = _mm256_set1_ps(q);
+  __m256 vw[INDIS_MAX_HIST];
+  for (int j = 0; j < INDIS_MAX_HIST; ++j) vw[j] = _mm256_set1_ps(j < m ? w[j] : 0.f);
+#define load8(ptr) _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ptr)))
+#define store8(ptr, v) \
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(ptr), _mm256_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 xv = load8(x + i);
+    __m256 acc = _mm256_mul_ps(vu, xv);
+    if (has_pred) {
+      const __m256 s = _mm256_fmadd_ps(vp, xv, _mm256_mul_ps(vq, load8(pred + i)));
+      store8(slot + i, s);
+      acc = _mm256_fmadd_ps(vw[0], s, acc);
+    }
+    for (int j = j0; j < m; ++j) acc = _mm256_fmadd_ps(vw[j], load8(h[j] + i), acc);
+    store8(out + i, acc);
+  }
+  for (; i < n; ++i) {
+    const float xi = _cvtsh_ss(x[i]);
+    float acc = u * xi;
+    if (has_pred) {
+      const float s = p * xi + q * _cvtsh_ss(pred[i]);
+      slot[i] = _cvtss_sh(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      acc += w[0] * s;
+    }
+    for (int j = j0; j < m; ++j) acc += w[j] * _cvtsh_ss(h[j][i]);
+    out[i] = _cvtss_sh(acc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+#undef load8
+#undef store8
+}
+
+bool cpu_has_f16c() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
+  return ok;
+}
+#endif
 
 template <typename T, typename C, bool PRED>
 void cpu_update(const IndisUpdateArgs& a) {
@@ -105,6 +185,20 @@ void cpu_update(const IndisUpdateArgs& a) {
       const T* pe = PRED ? pred + e : nullptr;
       T* se = PRED ? slot + e : nullptr;
       const T *h0 = at_e(h[0]), *h1 = at_e(h[1]), *h2 = at_e(h[2]), *h3 = at_e(h[3]);
+#ifdef INDIS_HAVE_F16C_PATH
+      if constexpr (std::is_same_v<T, c10::Half>) {
+        if (cpu_has_f16c()) {
+          const uint16_t* hh[INDIS_MAX_HIST] = {reinterpret_cast<const uint16_t*>(h0), reinterpret_cast<const uint16_t*>(h1),
+                                                reinterpret_cast<const uint16_t*>(h2), reinterpret_cast<const uint16_t*>(h3)};
+          half_row_f16c(reinterpret_cast<uint16_t*>(o), reinterpret_cast<const uint16_t*>(xe),
+                        reinterpret_cast<const uint16_t*>(pe), reinterpret_cast<uint16_t*>(se), hh, m, PRED, n, ub, wb,
+                        pb, qb);
+          e = row_end;
+          ++b;
+          continue;
+        }
+      }
+#endif
       switch (m) {
         case 1:
           row_kernel<T, A, 1, PRED>(o, xe, pe, se, h1, h2, h3, h0, n, ub, wb, pb, qb);
