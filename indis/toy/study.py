@@ -81,8 +81,8 @@ class StudyConfig:
 
 
 def quick_config(**over) -> StudyConfig:
-    cfg = dict(nfes=(3,), num_train=1000, num_fit=96, num_eval=256, global_iters=30, global_batch=96,
-               global_full_iters=15, oracle_iters=25, oracle_full_iters=10, indis_iters=40, indis_batch=96,
+    cfg = dict(nfes=(3,), num_train=800, num_fit=64, num_eval=256, global_iters=30, global_batch=64,
+               global_full_iters=15, oracle_iters=25, oracle_full_iters=10, indis_iters=40, indis_batch=64,
                indis_full_iters=20, metrics=MetricSpec(ref_n=20000, w2_n=256).to_dict())
     from .learned import QUICK_TRAIN
 
