@@ -19,7 +19,6 @@ set; the bytes are written atomically.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 import time
@@ -267,13 +266,12 @@ def fold_constants(model, max_bytes: int = 1 << 28):
     """Evaluate every node whose inputs are all constants (initializers / Constant outputs) with onnx's
     reference evaluator and store its outputs as initializers. The TorchScript exporter leaves e.g. the
     FIR resampling filters of EDM's UNets as Expand/Where chains over constants, and TensorRT wants convolution
-    weights to be initializers. Returns a new ModelProto (dead initializers removed)."""
+    weights to be initializers. Works in place (dead initializers removed) and returns the model."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    model = copy.deepcopy(model)
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     keep, new_inits = [], []
@@ -405,7 +403,3 @@ def compare_with_torch(module: nn.Module, spec: ExportSpec, onnx_src, batches: S
             errs[b] = max(float((torch.from_numpy(g) - r.float()).abs().max()) for g, r in zip(got, ref))
     return errs
 
-
-def export_copy(module: nn.Module) -> nn.Module:
-    """A deep copy for export (so that switching eval mode or chunking never touches the caller's module)."""
-    return copy.deepcopy(module)

@@ -22,7 +22,6 @@ from typing import Dict, Optional
 import torch
 
 from ..backbones.base import stable_hash
-from ..io import atomic_write_json
 from . import manifest as mf
 from .onnx_export import (BackboneForExport, PredictorForExport, backbone_spec, check_profile, compare_with_torch,
                           export_onnx, predictor_spec)

@@ -90,6 +90,10 @@ def test_native_backend(folders):
     xt, *_ = sample_seeds(folder, SEEDS[:5], "torch", batch_size=5, backbone=bb)
     xn, *_ = sample_seeds(folder, SEEDS[:5], "native", batch_size=5, backbone=bb)
     assert (xn - xt).abs().max() <= SAMPLE_ATOL
+    # the native loop drives any engine backbone: here the ONNX Runtime one
+    xo, _, _, _, fs = sample_seeds(folder, SEEDS[:5], "native", batch_size=5, native_runtime="ort")
+    assert fs.backend == "native" and fs.backbone.provider == "CPUExecutionProvider"
+    assert (xo - xt).abs().max() <= SAMPLE_ATOL
 
 
 def test_batch_invariance_and_provider(folders):
