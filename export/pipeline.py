@@ -51,8 +51,7 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                   verify_batches=(1, 5), export_batch: int = 2, sigmas_seeds=None, extra: Optional[Dict] = None,
                   log=print) -> Dict:
     """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization) and `backbone` into folder `out`.
-    Returns the manifest."""
-    from ..predictor import save_predictor
+    Returns the manifest. The caller's modules are left in the training/eval mode they came in."""
     from ..solvers import get_solver
 
     solver_obj = get_solver(solver)
@@ -69,12 +68,31 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
         raise ValueError("--precision applies to TensorRT engines; add --tensorrt (the ONNX files are always fp32)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, backbone = model.eval(), backbone.eval()
+    # export in eval mode (dropout off) and give the caller's modules back in the mode they came in
+    modes = {m: m.training for m in (model, backbone) if isinstance(m, torch.nn.Module)}
+    try:
+        return _export_folder(model.eval(), backbone.eval(), out, backbone_spec_str=backbone_spec_str,
+                              predictor_source=predictor_source, solver_obj=solver_obj, order=order, profile=profile,
+                              tensorrt=tensorrt, precision=precision, atol=atol, verify=verify,
+                              verify_batches=verify_batches, export_batch=export_batch, sigmas_seeds=sigmas_seeds,
+                              extra=extra, trt_env=trt_env if tensorrt else None, log=log)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source, solver_obj, order, profile, tensorrt,
+                   precision, atol, verify, verify_batches, export_batch, sigmas_seeds, extra, trt_env, log) -> Dict:
+    from ..predictor import save_predictor
+
+    solver = solver_obj.name
     pid, bid = predictor_id(model), backbone.backbone_id
     arts: Dict[str, Dict] = {}
     numerics: Dict[str, Dict] = {}
     specs = {"predictor": predictor_spec(model), "backbone": backbone_spec(backbone)}
-    modules = {"predictor": PredictorForExport(model), "backbone": BackboneForExport(backbone)}
+    # wrappers are new modules (training=True by default); the exporter restores their mode recursively after
+    # tracing, which would switch the wrapped networks (and their dropout) to training mode
+    modules = {"predictor": PredictorForExport(model).eval(), "backbone": BackboneForExport(backbone).eval()}
     for net in NETWORKS:
         path = out / f"{net}.onnx"
         info = export_onnx(modules[net], specs[net], path, batch=export_batch)

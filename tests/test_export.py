@@ -272,3 +272,24 @@ def test_trt_engine_cache_resolution(export_dir, monkeypatch):
     on_disk = mf.load_manifest(folder)
     assert on_disk["tensorrt_version"] == "10.9.0" and mf.find_engine_entry(on_disk, "backbone")[0] == str(path2.relative_to(folder))
     mf.verify_artifacts(folder)
+
+
+def test_export_leaves_callers_modules_in_their_mode(tmp_path):
+    """Regression: the exporter restores its wrappers' (training) mode recursively, which used to switch the
+    caller's backbone to training mode (dropout on) after `export_folder`."""
+    from indis.export.pipeline import export_folder
+
+    bb = _small_edm("SongUNet", 0).eval()
+    for m in bb.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5  # make a mode change visible in the output
+    model = _randomize_head(Predictor(DiscretizationParam(bb.process, 2), bb.data_shape, bb.cond_spec, hidden=16, conv_width=8))
+    model.train()
+    x, t = torch.randn(2, *bb.data_shape) * 5, torch.full((2,), 5.0)
+    with torch.no_grad():
+        before = bb(x, t)
+    export_folder(model, bb, tmp_path / "e", backbone_spec_str="test", log=lambda *a: None)
+    assert not bb.training and not any(m.training for m in bb.modules())
+    assert model.training
+    with torch.no_grad():
+        assert torch.equal(bb(x, t), before)
