@@ -5,8 +5,10 @@
                           with random weights from SEED (default 0): for export and latency checks without a
                           checkpoint; the same seed gives the same weights and the same backbone id
   DIR or FILE.json        a backbone written by `indis convert-edm` / indis.backbones.convert.save_backbone
-  ideal, gmm-image, module:function
-                          as `indis sample` / `indis train` (indis.training.cli.load_backbone_spec)
+  ideal                   the ideal (empirical) denoiser of the digits training split
+  gmm-image               a small image-like Gaussian mixture (indis.training.demo.ImageGMM), for tests and demos
+  module:function         any importable factory returning a Backbone
+Every command that takes `--backbone` resolves it here.
 """
 from __future__ import annotations
 
@@ -33,6 +35,23 @@ def resolve_backbone(spec: str):
         from ..backbones.convert import load_backbone
 
         return load_backbone(spec).eval()
-    from ..training.cli import load_backbone_spec
+    if spec == "ideal":
+        from ..backbones.ideal import IdealDenoiser
+        from ..data.digits import load_digits_split
 
-    return load_backbone_spec(spec).eval()
+        return IdealDenoiser(load_digits_split("train")[0]).eval()
+    if spec == "gmm-image":
+        from ..training.demo import ImageGMM
+
+        return ImageGMM().eval()
+    if ":" in spec:
+        import importlib
+
+        mod, fn = spec.split(":", 1)
+        try:
+            factory = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"backbone spec {spec!r}: cannot import {fn} from {mod}: {e}") from e
+        return factory().eval()
+    raise ValueError(f"unknown backbone spec {spec!r}; use bundled, ideal, gmm-image, edm:PRESET[:SEED], "
+                     "a folder from `indis convert-edm`, or module:function")

@@ -11,7 +11,6 @@ NCCL when CUDA is available).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 from dataclasses import fields
@@ -22,23 +21,10 @@ import torch
 
 
 def load_backbone_spec(spec: str):
-    if spec == "bundled":
-        from ..backbones.bundled import load_bundled
+    """The backbone named by a --backbone spec (see indis.engines.spec.resolve_backbone)."""
+    from ..engines.spec import resolve_backbone
 
-        return load_bundled()
-    if spec == "ideal":
-        from ..backbones.ideal import IdealDenoiser
-        from ..data.digits import load_digits_split
-
-        return IdealDenoiser(load_digits_split("train")[0])
-    if spec == "gmm-image":
-        from .demo import ImageGMM
-
-        return ImageGMM()
-    if ":" in spec:
-        mod, fn = spec.split(":", 1)
-        return getattr(importlib.import_module(mod), fn)()
-    raise ValueError(f"unknown backbone {spec!r}; use bundled, ideal, gmm-image or module:function")
+    return resolve_backbone(spec)
 
 
 def maybe_init_distributed() -> bool:
