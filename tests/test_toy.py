@@ -113,7 +113,7 @@ def test_cli_registers_toy_subcommand():
     sub = p.add_subparsers(dest="cmd")
     add_subparsers(sub)
     args = p.parse_args(["toy", "--out", "x", "--nfe", "3,4", "--backbone", "learned", "--quick"])
-    assert args.handler is run_toy and args.nfe == (3, 4) and args.backbone == "learned" and args.quick
+    assert args.func is run_toy and args.nfe == (3, 4) and args.backbone == "learned" and args.quick
     with pytest.raises(SystemExit):
         p.parse_args(["toy", "--out", "x", "--nfe", "a,b"])
 

@@ -33,7 +33,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="where the learned backbone is cached (default OUT/cache)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=run_toy)
+    p.set_defaults(func=run_toy)
 
 
 def add_subparsers(subparsers) -> None:
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="indis toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _configure(p)
     args = p.parse_args(argv)
-    return args.handler(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":
