@@ -2,8 +2,9 @@
 
 For each (NFE, batch) and each backend that is available:
   latency        the whole sampler: predictor phi(x_T) + N backbone calls + the solver updates;
-  backbone_only  N calls of the same backbone on the same batch, nothing else (the limit);
-  predictor      phi(x_T) alone, and its share of the whole latency;
+  backbone_only  N calls of the backend's own backbone runtime (torch for torch/native, ONNX Runtime for ort,
+                 TensorRT for trt) on the same batch, nothing else: the limit that backend can reach;
+  predictor      the backend's phi(x_T) alone, and its share of the whole latency;
   peak memory    CUDA: torch.cuda.max_memory_allocated over the backend's runs; CPU: the process's peak
                  resident set size (ru_maxrss, process-wide and monotone, so it only says how large the
                  process got).
@@ -83,7 +84,9 @@ def default_predictor(backbone, nfe: int) -> Predictor:
     return Predictor(param, backbone.data_shape, backbone.cond_spec, hidden=64, conv_width=16)
 
 
-# ---- runners: each returns a callable (x_T, cond) -> x0 or raises Unavailable ---------------------
+# ---- runners: each returns (run, backbone, predictor) or raises Unavailable -----------------------
+# run: (x_T, cond) -> x0, the whole sampler; backbone and predictor: the networks that backend runs, for the
+# backbone-only limit and the predictor's share
 def _torch_runner(s: BenchSetup):
     bb, phi = s.backbone, s.predictor
 
@@ -91,7 +94,7 @@ def _torch_runner(s: BenchSetup):
         disc = phi(x_T, cond)
         return sample(bb, x_T, disc, solver=s.solver, order=s.order, cond=cond, state_dtype=torch.float32)
 
-    return run
+    return run, bb, phi
 
 
 def _torch_graph_runner(s: BenchSetup):
@@ -102,7 +105,7 @@ def _torch_graph_runner(s: BenchSetup):
     except ImportError as e:
         raise Unavailable(f"indis.native is not importable: {e}") from e
     fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="python", cuda_graph=True)
-    return lambda x_T, cond: fs(x_T, cond)[0]
+    return (lambda x_T, cond: fs(x_T, cond)[0]), s.backbone, s.predictor
 
 
 def _native_runner(s: BenchSetup):
@@ -115,7 +118,7 @@ def _native_runner(s: BenchSetup):
         raise Unavailable(f"the native module is not available: {e}") from e
     fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="native",
                      cuda_graph=s.device.type == "cuda")
-    return lambda x_T, cond: fs(x_T, cond)[0]
+    return (lambda x_T, cond: fs(x_T, cond)[0]), s.backbone, s.predictor
 
 
 def _engine_runner(kind: str):
@@ -127,10 +130,14 @@ def _engine_runner(kind: str):
         except ImportError as e:
             raise Unavailable(f"indis.engines is not importable: {e}") from e
         try:
-            fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order)
+            fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
+                                     log=lambda *a: None)
         except (ImportError, RuntimeError) as e:
             raise Unavailable(str(e)) from e
-        return lambda x_T, cond: fs(x_T, cond)[0]
+        if fs.backbone.backbone_id != s.backbone.backbone_id or fs.predictor.param.nfe != s.nfe:
+            raise Unavailable(f"{s.engines_dir} holds engines for backbone {fs.backbone.backbone_id} at NFE "
+                              f"{fs.predictor.param.nfe}; this row is backbone {s.backbone.backbone_id} at NFE {s.nfe}")
+        return (lambda x_T, cond: fs(x_T, cond)[0]), fs.backbone, fs.predictor
 
     return make
 
@@ -184,23 +191,23 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
     t = torch.full((s.batch,), float(bb.process.T), device=s.device)
     rows = []
     with torch.no_grad():
-        bb_ms = time_fn(lambda: [bb(x_T, t, cond) for _ in range(s.nfe)], s.device, warmup, reps)
-        pred_ms = time_fn(lambda: s.predictor(x_T, cond), s.device, warmup, reps)
-        backbone_only, predictor = _quantile(bb_ms, 0.5), _quantile(pred_ms, 0.5)
         for name in backends:
-            row = {"backend": name, "device": s.device.type, "nfe": s.nfe, "batch": s.batch,
-                   "backbone_only_ms": backbone_only, "predictor_ms": predictor}
+            row = {"backend": name, "device": s.device.type, "nfe": s.nfe, "batch": s.batch}
             try:
-                run = RUNNERS[name](s)
+                run, net, phi = RUNNERS[name](s)
             except Unavailable as e:
                 row.update(status="skipped", reason=str(e))
                 rows.append(row)
                 continue
+            bb_ms = time_fn(lambda: [net(x_T, t, cond) for _ in range(s.nfe)], s.device, warmup, reps)
+            pred_ms = time_fn(lambda: phi(x_T, cond), s.device, warmup, reps)
+            backbone_only, predictor = _quantile(bb_ms, 0.5), _quantile(pred_ms, 0.5)
             if s.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(s.device)
             ms = time_fn(lambda: run(x_T, cond), s.device, warmup, reps)
             med = _quantile(ms, 0.5)
             row.update(status="ok", latency_ms_median=med, latency_ms_p90=_quantile(ms, 0.9),
+                       backbone_only_ms=backbone_only, predictor_ms=predictor,
                        ratio_to_backbone_only=med / backbone_only, predictor_share=predictor / med,
                        peak_memory_mb=_peak_memory_mb(s.device), reps=reps, warmup=warmup)
             rows.append(row)
@@ -208,8 +215,9 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
 
 
 def run_latency(backbone, nfes: Sequence[int], batches: Sequence[int], backends: Sequence[str], device="cpu",
-                predictor_factory: Optional[Callable[[int], torch.nn.Module]] = None, engines_dir: Optional[str] = None,
+                predictor_factory: Optional[Callable[[int], torch.nn.Module]] = None, engines_dir=None,
                 warmup: int = 3, reps: int = 20, progress: bool = True) -> Dict:
+    """engines_dir: one export folder, or {nfe: folder} (an export holds a predictor for one NFE)."""
     unknown = [b for b in backends if b not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; expected a subset of {list(RUNNERS)}")
@@ -223,7 +231,8 @@ def run_latency(backbone, nfes: Sequence[int], batches: Sequence[int], backends:
 
     for n, b in tqdm(combos, desc="indis bench", disable=not progress):
         phi = (predictor_factory(n) if predictor_factory else default_predictor(backbone, n)).to(device).eval()
-        rows += bench_one(BenchSetup(backbone, phi, n, b, device, engines_dir=engines_dir), backends, warmup, reps)
+        edir = engines_dir.get(n) if isinstance(engines_dir, dict) else engines_dir
+        rows += bench_one(BenchSetup(backbone, phi, n, b, device, engines_dir=edir), backends, warmup, reps)
     return {"machine": machine_info(device), "backbone": getattr(backbone, "backbone_id", None), "rows": rows}
 
 
@@ -239,8 +248,7 @@ def markdown(report: Dict) -> str:
     ]
     for r in report["rows"]:
         if r.get("status") != "ok":
-            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {r['reason']} | | "
-                         f"{r['backbone_only_ms']:.3g} | | {r['predictor_ms']:.3g} | | |")
+            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {r['reason']} | | | | | | |")
             continue
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['latency_ms_median']:.3g} | "
@@ -260,15 +268,14 @@ def plot(report: Dict, path: str) -> None:
     batches = sorted({r["batch"] for r in report["rows"]})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8), squeeze=False)
     for ax, b in zip(axes[0], batches):
-        sub = [r for r in report["rows"] if r["batch"] == b]
-        nfes = sorted({r["nfe"] for r in sub})
-        limit = [next(r["backbone_only_ms"] for r in sub if r["nfe"] == n) for n in nfes]
-        ax.plot(nfes, limit, "k--", label="backbone only")
+        for be in sorted({r["backend"] for r in rows if r["batch"] == b}):
+            pts = sorted((r["nfe"], r["backbone_only_ms"]) for r in rows if r["batch"] == b and r["backend"] == be)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color="gray", alpha=0.6)
         for be in sorted({r["backend"] for r in rows if r["batch"] == b}):
             pts = sorted((r["nfe"], r["latency_ms_median"]) for r in rows if r["batch"] == b and r["backend"] == be)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=be)
         ax.set_xlabel("NFE")
-        ax.set_ylabel("latency (ms, median)")
+        ax.set_ylabel("latency (ms, median); dashed: backbone only")
         ax.set_title(f"batch {b}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
