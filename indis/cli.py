@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 # modules that contribute subcommands, in help order
-SUBCOMMAND_MODULES: List[str] = ["indis.backbones.cli", "indis.training.cli", "indis.engines.cli", "indis.bench.cli"]
+SUBCOMMAND_MODULES: List[str] = ["indis.backbones.cli", "indis.training.cli", "indis.engines.cli", "indis.bench.cli", "indis.toy.cli", "indis.quickstart"]
 
 
 def _version(args) -> int:
