@@ -43,3 +43,19 @@ def test_quality_plot(tmp_path):
     rows = [{"method": m, "nfe": k, "mse": 1.0 / (k + i)} for i, m in enumerate(["best heuristic", "god", "indis"]) for k in (3, 5)]
     plot_quality({"a": rows, "b": rows}, str(tmp_path / "q.png"))
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_ort_backend_against_its_own_backbone_and_refuses_foreign_engines(tmp_path):
+    from indis.discretization import DiscretizationParam
+    from indis.export.pipeline import export_folder
+    from indis.predictor import Predictor
+    from indis.training.demo import ImageGMM
+
+    bb = ImageGMM(channels=1, res=8, components=3)
+    phi = Predictor(DiscretizationParam(bb.process, 2), bb.data_shape, bb.cond_spec, hidden=16, conv_width=8).eval()
+    export_folder(phi, bb, tmp_path / "e", backbone_spec_str="gmm-image", log=lambda *a: None)
+    rep = run_latency(bb, [2, 3], [2], ["ort"], engines_dir={2: str(tmp_path / "e"), 3: str(tmp_path / "e")},
+                      predictor_factory=lambda n: phi, reps=20, warmup=1, progress=False)
+    ok, bad = rep["rows"]
+    assert ok["status"] == "ok" and ok["nfe"] == 2 and ok["backbone_only_ms"] > 0
+    assert bad["status"] == "skipped" and "at NFE 2" in bad["reason"]

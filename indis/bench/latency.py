@@ -134,9 +134,10 @@ def _engine_runner(kind: str):
                                      log=lambda *a: None)
         except (ImportError, RuntimeError) as e:
             raise Unavailable(str(e)) from e
-        if fs.backbone.backbone_id != s.backbone.backbone_id or fs.predictor.param.nfe != s.nfe:
-            raise Unavailable(f"{s.engines_dir} holds engines for backbone {fs.backbone.backbone_id} at NFE "
-                              f"{fs.predictor.param.nfe}; this row is backbone {s.backbone.backbone_id} at NFE {s.nfe}")
+        man_bid, man_nfe = fs.manifest["backbone_id"], int(fs.manifest["nfe"])
+        if man_bid != s.backbone.backbone_id or man_nfe != s.nfe:
+            raise Unavailable(f"{s.engines_dir} holds engines for backbone {man_bid} at NFE {man_nfe}; "
+                              f"this row is backbone {s.backbone.backbone_id} at NFE {s.nfe}")
         return (lambda x_T, cond: fs(x_T, cond)[0]), fs.backbone, fs.predictor
 
     return make
