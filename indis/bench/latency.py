@@ -8,7 +8,9 @@ For each (NFE, batch) and each backend that is available:
   peak memory    CUDA: torch.cuda.max_memory_allocated over the backend's runs; CPU: the process's peak
                  resident set size (ru_maxrss, process-wide and monotone, so it only says how large the
                  process got).
-Median and p90 over `reps` (>= 20) runs after `warmup` runs; on CUDA every run is bracketed by synchronisation.
+Median and p90 over `reps` (>= 20) runs after `warmup` runs; the whole sampler, the backbone-only limit and the
+predictor are timed in rotation (one of each per round) so that drifts of a shared machine hit them alike; on CUDA
+every run is bracketed by synchronisation.
 A backend that cannot run here is reported as skipped, with the reason, never silently dropped.
 """
 from __future__ import annotations
@@ -153,18 +155,22 @@ RUNNERS: Dict[str, Callable[[BenchSetup], Callable]] = {
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> List[float]:
-    """Wall times in milliseconds of `reps` calls after `warmup` calls."""
+def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int, reps: int) -> Dict[str, List[float]]:
+    """Wall times in milliseconds of `reps` calls of each function after `warmup` calls, measured in rotation (one
+    call of each per round), so that slow drifts of the machine (other load, frequency) hit them alike and their
+    ratios stay meaningful."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
+        for f in fns.values():
+            f()
     sync()
-    out = []
+    out: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - t0) * 1e3)
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            sync()
+            out[k].append((time.perf_counter() - t0) * 1e3)
     return out
 
 
@@ -200,12 +206,13 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                 row.update(status="skipped", reason=str(e))
                 rows.append(row)
                 continue
-            bb_ms = time_fn(lambda: [net(x_T, t, cond) for _ in range(s.nfe)], s.device, warmup, reps)
-            pred_ms = time_fn(lambda: phi(x_T, cond), s.device, warmup, reps)
-            backbone_only, predictor = _quantile(bb_ms, 0.5), _quantile(pred_ms, 0.5)
             if s.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(s.device)
-            ms = time_fn(lambda: run(x_T, cond), s.device, warmup, reps)
+            times = time_interleaved({"backbone_only": lambda: [net(x_T, t, cond) for _ in range(s.nfe)],
+                                      "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
+                                     s.device, warmup, reps)
+            backbone_only, predictor = _quantile(times["backbone_only"], 0.5), _quantile(times["predictor"], 0.5)
+            ms = times["run"]
             med = _quantile(ms, 0.5)
             row.update(status="ok", latency_ms_median=med, latency_ms_p90=_quantile(ms, 0.9),
                        backbone_only_ms=backbone_only, predictor_ms=predictor,
