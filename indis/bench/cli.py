@@ -34,7 +34,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="batch sizes")
     p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "ort", "trt"],
                    help="subset of torch,torch_graph,native,ort,trt; unavailable ones are reported as skipped")
-    p.add_argument("--engines", default=None, help="folder from `indis export` (needed by the ort and trt backends)")
+    p.add_argument("--engines", default=None,
+                   help="folder from `indis export` for the ort/trt rows (one NFE); default: export an untrained predictor "
+                        "of the standard architecture and the backbone per NFE into OUT/engines_nfe<N>")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reps", type=int, default=20, help="timed runs per measurement (>= 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
@@ -64,8 +66,20 @@ def run_bench(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     bb = load_backbone_spec(args.backbone)
-    report = run_latency(bb, args.nfe or [3, 5, 7, 10], args.batch, args.backends, device=args.device,
-                         engines_dir=args.engines, warmup=args.warmup, reps=args.reps, progress=not args.no_progress)
+    nfes = args.nfe or [3, 5, 7, 10]
+    engines, factory = args.engines, None
+    if engines is None and {"ort", "trt"} & set(args.backends):
+        from ..export.pipeline import export_folder
+        from .latency import default_predictor
+
+        phis = {n: default_predictor(bb, n).eval() for n in nfes}
+        engines = {n: os.path.join(args.out, f"engines_nfe{n}") for n in nfes}
+        for n in nfes:
+            export_folder(phis[n], bb, engines[n], backbone_spec_str=args.backbone, tensorrt="trt" in args.backends
+                          and args.device.startswith("cuda"), log=lambda *a: None)
+        factory = phis.__getitem__
+    report = run_latency(bb, nfes, args.batch, args.backends, device=args.device, predictor_factory=factory,
+                         engines_dir=engines, warmup=args.warmup, reps=args.reps, progress=not args.no_progress)
     report["backbone_spec"] = args.backbone
     paths = write_report(report, args.out)
     print(open(paths["md"]).read())
