@@ -6,7 +6,9 @@ seeds the training never saw) compared with the teacher's:
   lpips     LPIPS (if trunk weights are available)
   fd        Frechet distance between features of the student samples and of a reference set (by default the
             teacher's own endpoints of the same seeds: the distributional gap to the teacher), computed with a
-            feature extractor: for the bundled digits backbone the documented extractor of indis.metrics.fid.
+            feature extractor: for the bundled digits backbone the documented extractor of indis.metrics.fid; for
+            natural images (RGB, or grayscale repeated to RGB) FID with pytorch-fid's Inception-v3
+            (indis.metrics.inception.inception_feature_fn, weights from a local file).
 Results as JSON and as a Markdown table (`markdown_table`).
 
 `plot_timesteps`: the paper's Fig. 7, predicted timesteps across samples. `predictor_overhead`: parameter

@@ -103,14 +103,18 @@ def run_train(args) -> int:
     return 0
 
 
-def _features(kind: str):
+def _features(kind: str, inception_weights: Optional[str] = None):
     if kind == "none":
         return None
     from ..metrics import fid
 
     if kind == "digits":
         return fid.digits_features  # documented in indis.metrics.fid ("digits-cnn-v1")
-    raise ValueError(f"unknown feature extractor {kind!r}")
+    if kind == "inception":  # pytorch-fid's FID Inception (indis.metrics.inception); images in [-1, 1], 3 or 1 channels
+        from ..metrics.inception import inception_feature_fn
+
+        return inception_feature_fn(inception_weights)
+    raise ValueError(f"unknown feature extractor {kind!r}; expected none | digits | inception")
 
 
 def run_eval(args) -> int:
@@ -134,7 +138,7 @@ def run_eval(args) -> int:
             lp = LPIPS(args.lpips_net, args.lpips_weights)
         except FileNotFoundError as e:
             print(f"LPIPS skipped: {e}")
-    rows = evaluate_methods(bb, ds, methods, args.solver, lpips=lp, features=_features(args.features), progress=not args.no_progress)
+    rows = evaluate_methods(bb, ds, methods, args.solver, lpips=lp, features=_features(args.features, args.inception_weights), progress=not args.no_progress)
     write_results(args.out, rows, {"backbone_id": bb.backbone_id, "teacher": str(args.teacher), "features": args.features})
     print(Path(args.out).with_suffix(".md").read_text())
     return 0
@@ -244,7 +248,12 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--lpips", action="store_true", help="also LPIPS (trunk weights from the torch hub cache)")
     p.add_argument("--lpips-weights", default=None)
     p.add_argument("--lpips-net", default="vgg")
-    p.add_argument("--features", default="none", help="feature extractor of the Frechet distance: none | digits")
+    p.add_argument("--features", default="none", choices=["none", "digits", "inception"],
+                   help="feature extractor of the Frechet distance: digits (the bundled 16x16 digits) or inception "
+                        "(FID: pytorch-fid's Inception-v3 pool3, for RGB images; grayscale repeated to 3 channels)")
+    p.add_argument("--inception-weights", default=None,
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (file or folder); default: the torch hub cache "
+                        "$TORCH_HOME/hub/checkpoints. Never downloaded")
     p.add_argument("--out", required=True, help="output stem: writes STEM.json and STEM.md")
     p.set_defaults(func=run_eval)
 
