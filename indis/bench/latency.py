@@ -256,7 +256,8 @@ def markdown(report: Dict) -> str:
     ]
     for r in report["rows"]:
         if r.get("status") != "ok":
-            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {r['reason']} | | | | | | |")
+            reason = " ".join(str(r["reason"]).split()).replace("|", "/")  # one table cell
+            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {reason} | | | | | | |")
             continue
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['latency_ms_median']:.3g} | "
