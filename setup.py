@@ -187,8 +187,12 @@ class CMakeBuild(build_ext):
         # destination that looks newer, which would keep a stale in-tree _C
         # after switching configurations (e.g. INDIS_CUDA=0 -> auto).
         print(f"[indis] copying {built[-1]} -> {target}", flush=True)
-        shutil.copyfile(built[-1], target)
-        shutil.copymode(built[-1], target)
+        # copy beside the target, then rename over it: a process that has the old module loaded keeps its
+        # (unlinked) mapping instead of reading a file that is being overwritten under it
+        tmp = f"{target}.tmp{os.getpid()}"
+        shutil.copyfile(built[-1], tmp)
+        shutil.copymode(built[-1], tmp)
+        os.replace(tmp, target)
 
 
 def packages() -> list[str]:
