@@ -42,7 +42,8 @@ struct AccOf<double> {
 };
 
 // Element loads/stores. bfloat16 via bit operations (round to nearest even, NaN kept quiet), which
-// the compiler vectorises; float16 goes to an F16C kernel when the CPU has it (half_row_f16c).
+// the compiler vectorises; on x86-64 with AVX2 bfloat16 goes to bf16_row_avx2 and float16 to an F16C
+// kernel (half_row_f16c), both selected at run time.
 template <typename A, typename T>
 inline A ld(T v) {
   return static_cast<A>(v);
@@ -142,6 +143,76 @@ __attribute__((target("avx2,fma,f16c"))) void half_row_f16c(uint16_t* out, const
 #undef store8
 }
 
+// bfloat16 rows with AVX2 bit conversions (8 lanes), selected at run time. Deliberately no "fma" in the
+// target: GCC lowers _mm256_mul_ps/_mm256_add_ps to generic vector arithmetic and would contract them,
+// so the products are rounded separately exactly as in row_kernel (bit-identical results). The
+// fp32 -> bf16 rounding is st<BFloat16>: (u + 0x7FFF + ((u >> 16) & 1)) >> 16, NaN -> 0x7FC0.
+__attribute__((target("avx2"))) inline __m256 bf16_load8(const uint16_t* ptr) {
+  const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ptr)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+// 8 x bf16 bits in the low halves of the 32-bit lanes.
+__attribute__((target("avx2"))) inline __m256i bf16_round8(__m256 f) {
+  const __m256i b = _mm256_castps_si256(f);
+  __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)),
+                               _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)));
+  r = _mm256_srli_epi32(r, 16);
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+}
+__attribute__((target("avx2"))) inline void bf16_store16(uint16_t* ptr, __m256 lo, __m256 hi) {
+  const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_round8(lo), bf16_round8(hi)), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ptr), pk);
+}
+inline float bf16_lds(uint16_t v) {
+  const uint32_t b = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+inline uint16_t bf16_sts(float f) { return st<c10::BFloat16, float>(f).x; }
+
+__attribute__((target("avx2"))) void bf16_row_avx2(uint16_t* out, const uint16_t* x, const uint16_t* pred,
+                                                   uint16_t* slot, const uint16_t* const* h, int m, bool has_pred,
+                                                   int64_t n, float u, const float* w, float p, float q) {
+  const int j0 = has_pred ? 1 : 0;
+  const __m256 vu = _mm256_set1_ps(u), vp = _mm256_set1_ps(p), vq = _mm256_set1_ps(q);
+  __m256 vw[INDIS_MAX_HIST];
+  for (int j = 0; j < INDIS_MAX_HIST; ++j) vw[j] = _mm256_set1_ps(j < m ? w[j] : 0.f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 xa = bf16_load8(x + i), xb = bf16_load8(x + i + 8);
+    __m256 acca = _mm256_mul_ps(vu, xa), accb = _mm256_mul_ps(vu, xb);
+    if (has_pred) {
+      const __m256 sa = _mm256_add_ps(_mm256_mul_ps(vp, xa), _mm256_mul_ps(vq, bf16_load8(pred + i)));
+      const __m256 sb = _mm256_add_ps(_mm256_mul_ps(vp, xb), _mm256_mul_ps(vq, bf16_load8(pred + i + 8)));
+      bf16_store16(slot + i, sa, sb);
+      acca = _mm256_add_ps(acca, _mm256_mul_ps(vw[0], sa));
+      accb = _mm256_add_ps(accb, _mm256_mul_ps(vw[0], sb));
+    }
+    for (int j = j0; j < m; ++j) {
+      acca = _mm256_add_ps(acca, _mm256_mul_ps(vw[j], bf16_load8(h[j] + i)));
+      accb = _mm256_add_ps(accb, _mm256_mul_ps(vw[j], bf16_load8(h[j] + i + 8)));
+    }
+    bf16_store16(out + i, acca, accb);
+  }
+  for (; i < n; ++i) {
+    const float xi = bf16_lds(x[i]);
+    float acc = u * xi;
+    if (has_pred) {
+      const float s = p * xi + q * bf16_lds(pred[i]);
+      slot[i] = bf16_sts(s);
+      acc = acc + w[0] * s;
+    }
+    for (int j = j0; j < m; ++j) acc = acc + w[j] * bf16_lds(h[j][i]);
+    out[i] = bf16_sts(acc);
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+
 bool cpu_has_f16c() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
@@ -191,6 +262,18 @@ void cpu_update(const IndisUpdateArgs& a) {
           const uint16_t* hh[INDIS_MAX_HIST] = {reinterpret_cast<const uint16_t*>(h0), reinterpret_cast<const uint16_t*>(h1),
                                                 reinterpret_cast<const uint16_t*>(h2), reinterpret_cast<const uint16_t*>(h3)};
           half_row_f16c(reinterpret_cast<uint16_t*>(o), reinterpret_cast<const uint16_t*>(xe),
+                        reinterpret_cast<const uint16_t*>(pe), reinterpret_cast<uint16_t*>(se), hh, m, PRED, n, ub, wb,
+                        pb, qb);
+          e = row_end;
+          ++b;
+          continue;
+        }
+      }
+      if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
+        if (cpu_has_avx2()) {
+          const uint16_t* hh[INDIS_MAX_HIST] = {reinterpret_cast<const uint16_t*>(h0), reinterpret_cast<const uint16_t*>(h1),
+                                                reinterpret_cast<const uint16_t*>(h2), reinterpret_cast<const uint16_t*>(h3)};
+          bf16_row_avx2(reinterpret_cast<uint16_t*>(o), reinterpret_cast<const uint16_t*>(xe),
                         reinterpret_cast<const uint16_t*>(pe), reinterpret_cast<uint16_t*>(se), hh, m, PRED, n, ub, wb,
                         pb, qb);
           e = row_end;
