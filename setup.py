@@ -235,7 +235,8 @@ setup(
         "scikit-learn",
     ],
     extras_require={
-        "test": ["pytest"],
+        # diffusers: the adapter and the worked export example are tested with tiny random models (no download)
+        "test": ["pytest", "diffusers"],
         "tensorrt": ["tensorrt"],
         "diffusers": ["diffusers"],
     },

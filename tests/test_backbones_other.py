@@ -169,16 +169,15 @@ def test_diffusers_missing_gives_install_hint(monkeypatch):
 
 
 @pytest.fixture
-def diffusers(monkeypatch):
-    """diffusers, or skip. A torchvision build that does not match torch (it fails on import with a RuntimeError)
-    breaks diffusers' model imports; hide it then, as if it were not installed."""
+def diffusers():
+    """diffusers, or skip. indis.backbones.flow.require_diffusers hides a torchvision build that does not match torch
+    (it fails on import with a RuntimeError and would break diffusers' model imports)."""
+    from indis.backbones.flow import require_diffusers
+
     try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
-    except Exception:
-        monkeypatch.setitem(sys.modules, "torchvision", None)
-    return pytest.importorskip("diffusers")
+        return require_diffusers()
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 def test_diffusers_unet_adapter(tmp_path, diffusers):

@@ -26,8 +26,30 @@ Tensor = torch.Tensor
 DIFFUSERS_HINT = "pip install indis[diffusers]"
 
 
+def hide_broken_torchvision() -> bool:
+    """A torchvision build that does not match the installed torch (on CPU-only torch: "operator torchvision::nms
+    does not exist") raises on import and breaks diffusers' model imports, which import it when it looks installed.
+    If importing it fails that way, register it as absent (sys.modules entry None) so that diffusers and anything
+    else treat it as not installed. Returns True if it had to be hidden."""
+    import sys
+
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"] is None
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    except Exception:  # RuntimeError from the operator registration of a mismatched build
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None
+        return True
+    return False
+
+
 def require_diffusers():
-    """Import diffusers or raise an ImportError that says how to install it."""
+    """Import diffusers (hiding a broken torchvision first) or raise an ImportError that says how to install it."""
+    hide_broken_torchvision()
     try:
         import diffusers  # noqa: F401
     except ImportError as e:
