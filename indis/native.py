@@ -24,7 +24,7 @@ import torch
 from . import _native
 from .discretization import Discretization
 from .processes import EDMProcess, FlowOTProcess, Process, VPCosineProcess, VPLinearProcess, get_process
-from .solvers import _check_schedule, _resolve_model, get_solver
+from .solvers import _check_schedule, _resolve_model, get_solver, unpack_discretization
 from .solvers import sample as python_sample
 
 Tensor = torch.Tensor
@@ -116,10 +116,7 @@ def unsupported_reason(solver, process, x_T: Tensor, state_dtype=None) -> Option
 
 
 def _prepare(backbone, x_T, timesteps, solver, order, dtau, gamma, process, prediction_type, state_dtype):
-    if isinstance(timesteps, Discretization):
-        if dtau is not None or gamma is not None:
-            raise ValueError("pass dtau/gamma either inside the Discretization or as arguments, not both")
-        timesteps, dtau, gamma = timesteps.timesteps, timesteps.dtau, timesteps.gamma
+    timesteps, dtau, gamma = unpack_discretization(timesteps, dtau, gamma)
     s = get_solver(solver)
     order = s.check_order(order)
     if s.name not in NATIVE_SOLVERS:

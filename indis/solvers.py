@@ -272,6 +272,15 @@ def _check_schedule(process: Process, x_T: Tensor, ts: Tensor, dtau, gamma):
     return ts, n, dtau, gamma
 
 
+def unpack_discretization(timesteps, dtau, gamma):
+    """(timesteps, dtau, gamma) from a Discretization or from separate arguments, not both."""
+    if isinstance(timesteps, Discretization):
+        if dtau is not None or gamma is not None:
+            raise ValueError("pass dtau/gamma either inside the Discretization or as arguments, not both")
+        return timesteps.timesteps, timesteps.dtau, timesteps.gamma
+    return timesteps, dtau, gamma
+
+
 def _per_sample(v: Optional[Tensor], b: int, dtype, device) -> Optional[Tensor]:
     if v is None:
         return None
@@ -321,10 +330,7 @@ def sample(
     checkpoint: recompute each network call in the backward pass (saves memory for large backbones).
     Returns x_0 [B, ...] (and the list of states if return_trajectory).
     """
-    if isinstance(timesteps, Discretization):
-        if dtau is not None or gamma is not None:
-            raise ValueError("pass dtau/gamma either inside the Discretization or as arguments, not both")
-        timesteps, dtau, gamma = timesteps.timesteps, timesteps.dtau, timesteps.gamma
+    timesteps, dtau, gamma = unpack_discretization(timesteps, dtau, gamma)
     solver = get_solver(solver)
     order = solver.check_order(order)
     process, ptype = _resolve_model(backbone, process, prediction_type)
