@@ -317,3 +317,14 @@ def load_engine_sampler(*args, **kwargs):
     from .loader import load_engine_sampler as _load
 
     return _load(*args, **kwargs)
+
+
+def torch_engine_backbone(backbone, device=None, cuda_graph: bool = False) -> EngineBackbone:
+    """A torch Backbone behind a TorchRunner (one CUDA graph per batch size when cuda_graph and on CUDA), with the
+    same protocol attributes: what `load_engines(backend="torch")` builds from an export folder, without one."""
+    from ..export.onnx_export import BackboneForExport
+
+    names = ["x", "t"] + (["cond"] if backbone.cond_spec.kind != "none" else [])
+    runner = TorchRunner(BackboneForExport(backbone.eval()).eval(), names, ["prediction"], device, cuda_graph)
+    return EngineBackbone(runner, backbone.process, backbone.prediction_type, backbone.data_shape, backbone.cond_spec,
+                          backbone.backbone_id)

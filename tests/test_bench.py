@@ -59,3 +59,14 @@ def test_ort_backend_against_its_own_backbone_and_refuses_foreign_engines(tmp_pa
     ok, bad = rep["rows"]
     assert ok["status"] == "ok" and ok["nfe"] == 2 and ok["backbone_only_ms"] > 0
     assert bad["status"] == "skipped" and "at NFE 2" in bad["reason"]
+
+
+def test_torch_engine_backbone_matches_the_backbone():
+    """The wrapper the torch_graph row replays (here eager: no CUDA) computes the same function."""
+    from indis.engines.runtime import torch_engine_backbone
+
+    bb = _bb()
+    net = torch_engine_backbone(bb)
+    x, t = torch.randn(3, 4) * 2, torch.full((3,), 1.5)
+    assert torch.allclose(net(x, t), bb(x, t)) and net.backbone_id == bb.backbone_id
+    assert net.runner.provider == "eager-cpu"

@@ -102,7 +102,7 @@ def _run_quality(args) -> int:
             out = run_quality(spec, os.path.join(args.out, "work"), nfes, n_train=args.n_train, n_eval=args.n_eval,
                               steps=args.steps, results_stem=os.path.join(args.out, f"quality_{spec}"),
                               plot_dir=args.out, progress=not args.no_progress)
-            rows = [{k: v for k, v in r.items()} for r in out["rows"]]
+            rows = out["rows"]
             by_backbone[spec] = rows
         sections.append(_table(spec, rows, nfes))
     atomic_write_json(os.path.join(args.out, "quality.json"), by_backbone)

@@ -100,14 +100,18 @@ def _torch_runner(s: BenchSetup):
 
 
 def _torch_graph_runner(s: BenchSetup):
+    """The Python solver loop with every backbone call replayed from a CUDA graph (one per batch size)."""
     if s.device.type != "cuda":
         raise Unavailable("CUDA graphs need a CUDA device (none here)")
-    try:
-        from ..native import FastSampler
-    except ImportError as e:
-        raise Unavailable(f"indis.native is not importable: {e}") from e
-    fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="python", cuda_graph=True)
-    return (lambda x_T, cond: fs(x_T, cond)[0]), s.backbone, s.predictor
+    from ..engines.runtime import torch_engine_backbone
+
+    net = torch_engine_backbone(s.backbone, s.device, cuda_graph=True)
+    phi = s.predictor
+
+    def run(x_T, cond):
+        return sample(net, x_T, phi(x_T, cond), solver=s.solver, order=s.order, cond=cond, state_dtype=torch.float32)
+
+    return run, net, phi
 
 
 def _native_runner(s: BenchSetup):
