@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from indis.backbones.edm import EDMBackbone
 from indis.discretization import DiscretizationParam
 from indis.export.pipeline import export_folder
 from indis.predictor import Predictor
 from indis.solvers import sample
 from indis.training.demo import ImageGMM
 from indis.training.seeds import draw
+from conftest import small_edm
 
 SEEDS = list(range(7))
 QUIET = dict(log=lambda *a: None)
@@ -33,25 +33,13 @@ def _predictor(bb, nfe, warp, seed=0, **kw):
     return model.eval()
 
 
-def _small_edm():
-    torch.manual_seed(0)
-    bb = EDMBackbone.from_kwargs(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
-                                 channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4]).eval()
-    with torch.no_grad():
-        for p in bb.parameters():
-            if (p == 0).all():
-                p.normal_(0, 0.3)
-    bb.refresh_id()
-    return bb
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
     out = {}
     gmm = ImageGMM(channels=1, res=8, components=4, conditional=True)
     out["gmm"] = (root / "gmm", gmm, _predictor(gmm, 4, "logsnr"))
-    edm = _small_edm()
+    edm = small_edm(img_channels=1)
     out["edm"] = (root / "edm", edm, _predictor(edm, 4, "sigma_rho", seed=1))
     for folder, bb, model in out.values():
         export_folder(model, bb, folder, profile={"min": 1, "opt": 4, "max": 8}, **QUIET)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from indis.backbones.base import CondSpec
-from indis.backbones.edm import EDMBackbone
 from indis.backbones.gmm import GMMBackbone
 from indis.discretization import DiscretizationParam
 from indis.export import manifest as mf
@@ -18,6 +17,7 @@ from indis.export.onnx_export import (BackboneForExport, PredictorForExport, bac
 from indis.export.trt_ops import TRT_SUPPORTED_OPS, check_trt_graph
 from indis.predictor import GlobalDiscretization, Predictor
 from indis.training.demo import ImageGMM
+from conftest import small_edm
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch, absolute, on random inputs
 
@@ -73,23 +73,9 @@ def test_gmm_backbones_onnx():
     _check_export(BackboneForExport(img), backbone_spec(img), batches=(1, 7))
 
 
-def _small_edm(model_type, label_dim=0, seed=0):
-    torch.manual_seed(seed)
-    # the preset architectures at small width and resolution (the 55M/296M presets are too slow for CI)
-    kw = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
-    bb = EDMBackbone.from_kwargs(img_resolution=8, img_channels=3, label_dim=label_dim, model_type=model_type, **kw).eval()
-    # EDM zero-initialises the output layers; give them weights so that F(x) matters in the comparison
-    with torch.no_grad():
-        for p in bb.parameters():
-            if (p == 0).all():
-                p.normal_(0, 0.3)
-    bb.refresh_id()
-    return bb
-
-
 @pytest.mark.parametrize("model_type,label_dim", [("SongUNet", 0), ("DhariwalUNet", 10)])
 def test_edm_architectures_onnx(model_type, label_dim):
-    bb = _small_edm(model_type, label_dim)
+    bb = small_edm(model_type, label_dim)
     spec = backbone_spec(bb)
     x, t, *c = spec.sample_inputs(3)
     with torch.no_grad():
@@ -279,7 +265,7 @@ def test_export_leaves_callers_modules_in_their_mode(tmp_path):
     caller's backbone to training mode (dropout on) after `export_folder`."""
     from indis.export.pipeline import export_folder
 
-    bb = _small_edm("SongUNet", 0).eval()
+    bb = small_edm("SongUNet", 0).eval()
     for m in bb.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.5  # make a mode change visible in the output

@@ -8,6 +8,7 @@ from indis import _native
 from indis.discretization import Discretization
 from indis.processes import get_process
 from indis.solvers import sample as py_sample
+from conftest import random_schedule
 
 pytestmark = pytest.mark.skipif(not _native.native_available(), reason="indis._C not built")
 
@@ -42,17 +43,8 @@ class ToyBackbone(torch.nn.Module):
 
 
 def _disc(proc_name, b, n, dtype=torch.float64, seed=0):
-    T, t0 = PROCS[proc_name]
-    g = torch.Generator().manual_seed(seed)
-    cuts = torch.sort(torch.rand(b, n - 1, generator=g, dtype=torch.float64), 1, descending=True).values
-    frac = torch.cat([torch.ones(b, 1, dtype=torch.float64), 0.05 + 0.9 * cuts, torch.zeros(b, 1, dtype=torch.float64)], 1)
-    if T > 2:
-        ts = torch.exp(torch.log(torch.tensor(t0)) + frac * (torch.log(torch.tensor(T)) - torch.log(torch.tensor(t0))))
-    else:
-        ts = t0 + frac * (T - t0)
-    gamma = 1 + 0.05 * torch.randn(b, n, generator=g, dtype=torch.float64)
-    dtau = -0.02 * (ts[:, :-1] - ts[:, 1:]) * torch.rand(b, n, generator=g, dtype=torch.float64)
-    return Discretization(ts.to(dtype), dtau.to(dtype), gamma.to(dtype))
+    ts, gamma, dtau = random_schedule(*PROCS[proc_name], b, n, dtype, seed)
+    return Discretization(ts, dtau, gamma)
 
 
 @pytest.mark.parametrize("proc_name", list(PROCS))

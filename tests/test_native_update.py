@@ -7,6 +7,7 @@ import torch
 from indis import _native
 from indis.processes import get_process
 from indis.solvers import linear_form
+from conftest import random_schedule
 
 C = pytest.importorskip("indis._C") if _native.native_available() else None
 pytestmark = pytest.mark.skipif(C is None, reason="indis._C not built")
@@ -19,20 +20,6 @@ PROCESSES = {
     "vp_linear": (get_process("vp_linear"), 1.0, 1e-3),
     "vp_cosine": (get_process("vp_cosine"), 0.9946, 1e-3),
 }
-
-
-def _schedule(proc, T, t0, b, n, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # per-sample random strictly decreasing times between t0 and T (in log-time for EDM)
-    cuts = torch.sort(torch.rand(b, n - 1, generator=g, dtype=torch.float64), dim=1, descending=True).values
-    frac = torch.cat([torch.ones(b, 1, dtype=torch.float64), 0.05 + 0.9 * cuts, torch.zeros(b, 1, dtype=torch.float64)], 1)
-    if T > 2:
-        ts = torch.exp(torch.log(torch.tensor(t0)) + frac * (torch.log(torch.tensor(T)) - torch.log(torch.tensor(t0))))
-    else:
-        ts = t0 + frac * (T - t0)
-    gamma = 1 + 0.05 * torch.randn(b, n, generator=g, dtype=torch.float64)
-    dtau = -0.02 * (ts[:, :-1] - ts[:, 1:]) * torch.rand(b, n, generator=g, dtype=torch.float64)
-    return ts.to(dtype), gamma.to(dtype), dtau.to(dtype)
 
 
 def _ref_update(x, hist, u, w):
@@ -148,7 +135,7 @@ def test_step_coeffs_match_linear_form(proc_name, solver, order):
     proc, T, t0 = PROCESSES[proc_name]
     b, n = 6, 7
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
-        ts, gamma, dtau = _schedule(proc, T, t0, b, n, dtype)
+        ts, gamma, dtau = random_schedule(T, t0, b, n, dtype)
         u, w, p, q, tc = native.step_coeffs(solver, proc, ts, dtau, gamma, order)
         assert u.dtype == dtype and w.shape == (b, n, order if solver != "euler" else 1)
         for i in range(n):
@@ -178,7 +165,7 @@ def test_step_coeffs_prediction_maps():
     from indis.solvers import make_grid
 
     proc = get_process("vp_linear")
-    ts, gamma, dtau = _schedule(proc, 1.0, 1e-3, 3, 4, torch.float64, seed=3)
+    ts, gamma, dtau = random_schedule(1.0, 1e-3, 3, 4, torch.float64, seed=3)
     x, pred = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     for ptype in ("eps", "x0", "velocity"):
         for solver in ("ipndm", "dpmpp_2m"):
