@@ -32,15 +32,6 @@
 namespace indis {
 namespace {
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 // Element loads/stores. bfloat16 via bit operations (round to nearest even, NaN kept quiet), which
 // the compiler vectorises; on x86-64 with AVX2 bfloat16 goes to bf16_row_avx2 and float16 to an F16C
 // kernel (half_row_f16c), both selected at run time.
@@ -222,7 +213,7 @@ bool cpu_has_f16c() {
 
 template <typename T, typename C, bool PRED>
 void cpu_update(const IndisUpdateArgs& a) {
-  using A = typename AccOf<T>::type;
+  using A = typename IndisAcc<T>::type;
   const int64_t inner = a.inner;
   const int64_t total = a.batch * inner;
   if (total <= 0) return;

@@ -48,3 +48,15 @@ typedef struct IndisUpdateArgs {
 #ifdef __cplusplus
 }  // extern "C"
 #endif
+
+#ifdef __cplusplus
+// The accumulation type of the contract: fp64 for fp64 data, fp32 for every other data type.
+template <typename T>
+struct IndisAcc {
+  using type = float;
+};
+template <>
+struct IndisAcc<double> {
+  using type = double;
+};
+#endif

@@ -15,15 +15,6 @@
 
 namespace {
 
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
 template <typename A>
 __device__ __forceinline__ A to_acc(float v) { return v; }
 template <typename A>
@@ -72,7 +63,7 @@ struct Params {
 // Coefficients of sample b, converted to the accumulation type.
 template <typename T, typename C, bool PRED>
 struct Coefs {
-  using A = typename Acc<T>::type;
+  using A = typename IndisAcc<T>::type;
   A u, p, q, w[INDIS_MAX_HIST];
   __device__ __forceinline__ Coefs(const Params<T, C>& P, int64_t b) {
     u = static_cast<A>(P.u[b * P.u_sb]);
@@ -89,7 +80,7 @@ struct Coefs {
 
 template <typename T, typename C, bool PRED>
 __global__ void fused_vec_kernel(Params<T, C> P) {
-  using A = typename Acc<T>::type;
+  using A = typename IndisAcc<T>::type;
   using V = Vec<T>;
   constexpr int VN = V::N;
   const int64_t nvec = P.total / VN;
@@ -133,7 +124,7 @@ __global__ void fused_vec_kernel(Params<T, C> P) {
 
 template <typename T, typename C, bool PRED>
 __global__ void fused_scalar_kernel(Params<T, C> P) {
-  using A = typename Acc<T>::type;
+  using A = typename IndisAcc<T>::type;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < P.total; e += stride) {
     const int64_t b = e / P.inner;
