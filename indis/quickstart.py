@@ -65,7 +65,7 @@ def _grid(rows: Dict[str, torch.Tensor], path: str) -> None:
 def run_quickstart(args) -> int:
     from tqdm.auto import tqdm
 
-    from .bench.latency import run_latency, write_report
+    from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
     from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
     from .io import atomic_write_json, atomic_write_text
     from .predictor import load_predictor
@@ -136,7 +136,6 @@ def run_quickstart(args) -> int:
     done("fast sampler")
 
     stage("latency")
-    from .bench.latency import BACKENDS, default_predictor
     from .export.pipeline import export_folder
 
     # NFE k runs the trained INDIS predictor; the other NFEs an untrained predictor of the same architecture
