@@ -389,8 +389,15 @@ def stage_env(py: str) -> Dict:
     cmake = _quick(["cmake", "--version"])
     d["cmake"] = cmake.splitlines()[0] if cmake else None
     d["ninja"] = _quick(["ninja", "--version"])
-    d["packages"] = {m: importlib.util.find_spec(m) is not None for m in OPTIONAL_PACKAGES}
+    d["packages"] = {m: _importable(m) for m in OPTIONAL_PACKAGES}
     return d
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (made unimportable)
+        return False
 
 
 def build_command(py: str) -> List[str]:
@@ -512,7 +519,7 @@ class Orchestrator:
         return self._py_stage("fused", allowed)
 
     def do_tests(self, allowed: float) -> Dict:
-        if importlib.util.find_spec("pytest") is None:
+        if not _importable("pytest"):
             return {"status": "failed", "error": f"pytest is not installed for {self.py}"}
         junit = self.work / "tests.xml"
         log = self.work / LOG_NAMES["tests"]
