@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,7 +94,10 @@ def test_dry_run_markdown_has_the_tables(dry_run):
 def test_failed_stage_is_reported_with_its_error(tmp_path):
     """GPU mode on a machine without a GPU: the info stage fails, and the summary says why."""
     orch = gc.Orchestrator(tmp_path, dry_run=False, py=sys.executable, total_s=60)
-    res = orch._py_stage("info", 60)
+    try:
+        res = orch._py_stage("info", 60)
+    finally:
+        shutil.rmtree(orch.work, ignore_errors=True)
     assert res["status"] == "failed"
     assert "without CUDA" in res["error"] or "no usable GPU" in res["error"], res["error"]
     res.update(seconds=1.0, budget_s=60.0, required=True)
@@ -137,13 +141,16 @@ def test_junit_parsing(tmp_path):
 
 
 def test_targets_and_crosscheck():
-    row = dict(backend="native_graph", status="ok", nfe=5, batch=64, network_dtype="float32")
-    stages = {"latency": {"data": {"rows": [dict(row, ratio_to_backbone_only=1.01),
-                                            dict(row, batch=1, ratio_to_backbone_only=1.3),
-                                            dict(row, nfe=3, ratio_to_backbone_only=2.0)]}},
-              "fused": {"data": {"rows": [dict(dtype="float32", shape=[64, 3, 32, 32], m=3, fused_vs_copy=0.9),
-                                          dict(dtype="bfloat16", shape=[64, 3, 32, 32], m=3, fused_vs_copy=0.5)]}}}
-    assert [t["met"] for t in gc.targets(stages, dry_run=False)] == [True, False, True, False]
+    row = dict(backend="native_graph", status="ok", nfe=5, batch=64, network_dtype="float32", backbone_only_ms=10.0,
+               predictor_ms=0.5, ratio_to_backbone_only=1.06, predictor_share=0.05)
+    fu = dict(dtype="float32", shape=[64, 3, 32, 32], m=3, fused_GBps=1.0, copy_GBps=1.0, min_fused_vs_copy=1.0)
+    stages = {"latency": {"data": {"rows": [dict(row, latency_ms_median=10.6),  # loop 1.01: met
+                                            dict(row, batch=1, latency_ms_median=11.0),  # loop 1.05: missed
+                                            dict(row, nfe=3, latency_ms_median=30.0)]}},  # not NFE 5: no target
+              "fused": {"data": {"rows": [dict(fu, fused_vs_copy=0.9), dict(fu, dtype="bfloat16", fused_vs_copy=0.5)]}}}
+    got = gc.targets(stages, dry_run=False)
+    assert [t["met"] for t in got] == [True, False, True, False]
+    assert got[0]["measured"] == pytest.approx(1.01) and "whole sampler 1.06" in got[0]["note"]
     assert all(t["met"] is None for t in gc.targets(stages, dry_run=True))
     cmp = dict(backend="native", status="ok", nfe=3, batch=1, max_abs_diff_vs="torch", ref_abs_max=10.0)
     rows = [dict(cmp, network_dtype="float32", max_abs_diff=1e-5), dict(cmp, network_dtype="float32", max_abs_diff=0.1),
