@@ -475,7 +475,9 @@ class Orchestrator:
 
     def do_build(self, allowed: float) -> Dict:
         cmd = build_command(self.py)
-        env = self.env() | {"INDIS_CUDA": "1", "INDIS_CUDA_ARCHS": "90",
+        # TORCH_CUDA_ARCH_LIST: torch's CMake config (CUDA wheel) would otherwise probe the GPU for its own nvcc
+        # flags, which CMakeLists.txt discards anyway
+        env = self.env() | {"INDIS_CUDA": "1", "INDIS_CUDA_ARCHS": "90", "TORCH_CUDA_ARCH_LIST": "9.0",
                             "INDIS_BUILD_JOBS": str(max(1, os.cpu_count() or 1))}
         data = {"command": "INDIS_CUDA=1 INDIS_CUDA_ARCHS=90 " + " ".join(["python3"] + cmd[1:])}
         if self.dry_run:
