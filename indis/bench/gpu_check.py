@@ -234,7 +234,10 @@ def stage_latency(ctx: StageContext) -> str:
     d["backbone_id"], d["parameters"] = bb.backbone_id, bb.num_parameters()
     d["rows"], d["not_run"] = [], []
     ctx.save("running")
-    combos = [(dt, n, b) for dt in cfg["dtypes"] for n in cfg["nfes"] for b in cfg["batches"]]
+    # in order of importance: the target's NFE (the first) in every dtype first, then the other NFEs
+    first = cfg["nfes"][0]
+    combos = ([(dt, first, b) for dt in cfg["dtypes"] for b in cfg["batches"]]
+              + [(dt, n, b) for dt in cfg["dtypes"] for n in cfg["nfes"][1:] for b in cfg["batches"]])
     cost_per_nfe: Dict[int, float] = {}  # seconds per NFE of one combo, per batch size (the last seen)
     for dt, n, b in combos:
         need = 1.3 * cost_per_nfe.get(b, max(cost_per_nfe.values(), default=0.0)) * n
@@ -243,9 +246,14 @@ def stage_latency(ctx: StageContext) -> str:
                                  "reason": f"time budget: {ctx.left():.0f} s left, about {need:.0f} s needed"})
             continue
         bb.set_compute_dtype(dt)
-        phi = default_predictor(bb, n).to(dev).eval()
         t0 = time.time()
-        rows = bench_one(BenchSetup(bb, phi, n, b, dev), cfg["backends"], warmup=cfg["warmup"], reps=cfg["reps"])
+        try:
+            phi = default_predictor(bb, n).to(dev).eval()
+            rows = bench_one(BenchSetup(bb, phi, n, b, dev), cfg["backends"], warmup=cfg["warmup"], reps=cfg["reps"],
+                             on_error="record")
+        except Exception as e:  # noqa: BLE001  (one configuration's failure must not cost the others)
+            rows = [{"backend": name, "device": dev.type, "nfe": n, "batch": b, "status": "failed",
+                     "reason": f"{type(e).__name__}: {e}"} for name in cfg["backends"]]
         cost_per_nfe[b] = (time.time() - t0) / n
         for r in rows:
             r["network_dtype"] = dt
@@ -254,16 +262,16 @@ def stage_latency(ctx: StageContext) -> str:
                       f"backbone-only {r['backbone_only_ms']:9.3f} ms, ratio {r['ratio_to_backbone_only']:.3f}, "
                       f"predictor {100 * r['predictor_share']:.2f}%", flush=True)
             else:
-                print(f"{dt:8s} NFE {n:2d} batch {b:3d} {r['backend']:12s} skipped: {r['reason']}", flush=True)
+                print(f"{dt:8s} NFE {n:2d} batch {b:3d} {r['backend']:12s} {r['status']}: {r['reason']}", flush=True)
         d["rows"] += rows
         ctx.save("running")
-        del phi, rows
+        del rows
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # every combo captured its own CUDA graphs
     bb.set_compute_dtype("float32")
     # what counts as a failure: a backend skipped that should run here, and samples that disagree with torch's
     expected_skips = {"torch_graph", "native_graph"} if dev.type == "cpu" else set()
-    problems = [f"{r['backend']} ({r['network_dtype']}, NFE {r['nfe']}, batch {r['batch']}) skipped: {r['reason']}"
+    problems = [f"{r['backend']} ({r['network_dtype']}, NFE {r['nfe']}, batch {r['batch']}) {r['status']}: {r['reason']}"
                 for r in d["rows"] if r["status"] != "ok" and r["backend"] not in expected_skips]
     problems += crosscheck_failures(d["rows"])
     d["problems"] = problems
@@ -466,6 +474,9 @@ class Orchestrator:
             self.stages[st.name] = res
             print(f"[gpu_check] stage {st.name}: {res['status']} in {res['seconds']} s"
                   + (f" ({res.get('error', '')[:300]})" if res["status"] in ("failed", "timeout") else ""), flush=True)
+            if st.name == "info" and "build_info" in res.get("data", {}):
+                d = res["data"]
+                print(f"[gpu_check] built: {d['build_info']} ({d.get('native_file')}); GPU: {d.get('gpu')}", flush=True)
             self.write()  # after every stage: a kill of the whole check leaves what was done
         failed = [n for n, r in self.stages.items() if r["required"] and r["status"] in ("failed", "timeout")]
         return 1 if failed else 0
@@ -640,7 +651,7 @@ def markdown(rep: Dict) -> str:
         for r in sorted(lat["rows"], key=lambda r: (order.get(r["network_dtype"], 9), r["batch"], r["nfe"])):
             head = f"| {r['network_dtype']} | {r['backend']} | {r['nfe']} | {r['batch']} |"
             if r["status"] != "ok":
-                lines.append(f"{head} skipped: {_cell(r['reason'])} | | | | | | |")
+                lines.append(f"{head} {r['status']}: {_cell(r['reason'])} | | | | | | |")
                 continue
             diff = (f"{r['max_abs_diff'] / max(r['ref_abs_max'], 1e-12):.2g}" if "max_abs_diff" in r else "(reference)")
             lines.append(f"{head} {r['latency_ms_median']:.3f} | {r['latency_ms_p90']:.3f} | {r['backbone_only_ms']:.3f} | "

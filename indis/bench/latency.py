@@ -251,9 +251,15 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int = 20, seed: int = 0) -> List[Dict]:
+def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int = 20, seed: int = 0,
+              on_error: str = "raise") -> List[Dict]:
+    """One row per backend at (s.nfe, s.batch). on_error="record": a backend that raises while it is measured gets
+    status "failed" with the error as its reason and the next backend is measured (the GPU check's sweep);
+    "raise" (default) lets the exception through."""
     if reps < 20:
         raise ValueError(f"reps must be at least 20 for a stable median and p90, got {reps}")
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     bb = s.backbone
     g = torch.Generator().manual_seed(seed)
     x_T = (torch.randn(s.batch, *bb.data_shape, generator=g) * bb.process.prior_std()).to(s.device)
@@ -274,14 +280,27 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                 row.update(status="skipped", reason=str(e))
                 rows.append(row)
                 continue
-            if s.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(s.device)
-            backbone_only = (limit[0](x_T, t, cond, s.nfe) if limit
-                             else (lambda: [net(x_T, t, cond) for _ in range(s.nfe)]))
-            times = time_interleaved({"backbone_only": backbone_only,
-                                      "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
-                                     s.device, warmup, reps)
-            x0 = run(x_T, cond).float()
+            except Exception as e:  # noqa: BLE001
+                if on_error == "raise":
+                    raise
+                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+                rows.append(row)
+                continue
+            try:
+                if s.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(s.device)
+                backbone_only = (limit[0](x_T, t, cond, s.nfe) if limit
+                                 else (lambda: [net(x_T, t, cond) for _ in range(s.nfe)]))
+                times = time_interleaved({"backbone_only": backbone_only,
+                                          "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
+                                         s.device, warmup, reps)
+                x0 = run(x_T, cond).float()
+            except Exception as e:  # noqa: BLE001
+                if on_error == "raise":
+                    raise
+                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+                rows.append(row)
+                continue
             if ref is None:
                 ref = (name, x0)
             else:
@@ -333,7 +352,7 @@ def markdown(report: Dict) -> str:
     for r in report["rows"]:
         if r.get("status") != "ok":
             reason = " ".join(str(r["reason"]).split()).replace("|", "/")  # one table cell
-            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {reason} | | | | | | |")
+            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['status']}: {reason} | | | | | | |")
             continue
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['latency_ms_median']:.3g} | "
