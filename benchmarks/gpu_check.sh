@@ -5,7 +5,8 @@
 #   OUT=runs/gpu_check bash benchmarks/gpu_check.sh            # on the GPU machine, from a copy of the repository
 #   OUT=/tmp/gpu_dry  bash benchmarks/gpu_check.sh --dry-run  # anywhere: CPU stand-ins, tiny sizes, no rebuild
 #
-# PYTHON selects the interpreter (default python3, the one that holds torch). The stages and their time budgets
+# PYTHON selects the interpreter (default python3, the one that holds torch); GPU_CHECK_LIMIT_S the outer time
+# limit (default 478 s, dry run 230 s). The stages and their time budgets
 # are in indis/bench/gpu_check.py; this wrapper only adds an outer time limit and a summary for the case where
 # the Python side could not start at all (no python, a broken torch).
 set -u
