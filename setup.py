@@ -104,8 +104,13 @@ class CMakeBuild(build_ext):
             )
         try:
             import pybind11
+
+            pybind11_dir = pybind11.get_cmake_dir()
         except Exception as e:  # noqa: BLE001
-            fail(f"pybind11 is not importable in the build environment ({type(e).__name__}: {e}).\nPlease " + INSTALL_HINT)
+            # CMakeLists.txt then builds with FindPython and the pybind11 headers bundled with torch
+            print(f"[indis] pybind11 is not importable ({type(e).__name__}: {e}); building with torch's bundled "
+                  "pybind11 headers", flush=True)
+            pybind11_dir = None
 
         cmake = find_tool("cmake", "CMAKE_BIN_DIR", "cmake")
         if cmake is None:
@@ -138,7 +143,7 @@ class CMakeBuild(build_ext):
             "prefix": sys.prefix,
             "torch": torch.__version__,
             "torch_prefix": torch.utils.cmake_prefix_path,
-            "pybind11": pybind11.get_cmake_dir(),
+            "pybind11": pybind11_dir,
             "cuda": with_cuda,
             "nvcc": nvcc if with_cuda else None,
             "archs": archs if with_cuda else None,
@@ -154,7 +159,6 @@ class CMakeBuild(build_ext):
         cmake_args = [
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DINDIS_VERSION={self.distribution.get_version()}",
             f"-DINDIS_CUDA_MODE={cuda_mode}",
@@ -162,6 +166,8 @@ class CMakeBuild(build_ext):
             f"-DINDIS_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
             f"-DINDIS_WITH_TENSORRT={'ON' if trt == '1' else 'OFF'}",
         ]
+        if pybind11_dir is not None:
+            cmake_args.append(f"-Dpybind11_DIR={pybind11_dir}")
         if with_cuda:
             cmake_args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
         if "CMAKE_GENERATOR" not in os.environ and ninja:

@@ -70,3 +70,26 @@ def test_torch_engine_backbone_matches_the_backbone():
     x, t = torch.randn(3, 4) * 2, torch.full((3,), 1.5)
     assert torch.allclose(net(x, t), bb(x, t)) and net.backbone_id == bb.backbone_id
     assert net.runner.provider == "eager-cpu"
+
+
+def test_bench_one_records_a_failing_backend_and_cross_checks(monkeypatch):
+    from indis.bench import latency
+    from indis.bench.latency import BenchSetup, bench_one, default_predictor
+
+    def broken(s):
+        def run(x_T, cond):
+            raise RuntimeError("boom")
+
+        return run, s.backbone, s.predictor
+
+    monkeypatch.setitem(latency.RUNNERS, "broken", broken)
+    bb = _bb()
+    setup = BenchSetup(bb, default_predictor(bb, 2).eval(), 2, 3, torch.device("cpu"))
+    ok, graph, bad, again = bench_one(setup, ["torch", "native_graph", "broken", "torch"], warmup=1, reps=20,
+                                      on_error="record")
+    assert ok["status"] == "ok" and "max_abs_diff" not in ok  # the first backend is the reference
+    assert graph["status"] == "skipped" and "CUDA" in graph["reason"]
+    assert bad["status"] == "failed" and "RuntimeError: boom" in bad["reason"]
+    assert again["status"] == "ok" and again["max_abs_diff_vs"] == "torch" and again["max_abs_diff"] == 0.0
+    with pytest.raises(RuntimeError, match="boom"):
+        bench_one(setup, ["broken"], warmup=1, reps=20)

@@ -101,6 +101,7 @@ def test_cuda_flag_matches_build_environment(info):
         assert info["cuda_version"] is None and info["cuda_archs"] is None
 
 
+@pytest.mark.gpu
 def test_cuda_device_count_never_raises(C, info):
     n = C.cuda_device_count()
     assert isinstance(n, int) and n >= 0
@@ -108,6 +109,7 @@ def test_cuda_device_count_never_raises(C, info):
         assert n == 0
 
 
+@pytest.mark.gpu
 def test_cuda_fill_ptr(C, info):
     if not info["cuda"]:
         with pytest.raises(RuntimeError, match="without CUDA"):

@@ -6,10 +6,13 @@ import torch
 
 from indis import _native
 
-pytestmark = pytest.mark.skipif(
-    not (_native.native_available() and _native.build_info()["cuda"] and torch.cuda.is_available()),
-    reason="needs indis._C built with CUDA, a CUDA-enabled torch and a GPU",
-)
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not (_native.native_available() and _native.build_info()["cuda"] and torch.cuda.is_available()),
+        reason="needs indis._C built with CUDA, a CUDA-enabled torch and a GPU",
+    ),
+]
 
 from indis import native  # noqa: E402
 from indis.discretization import Discretization  # noqa: E402

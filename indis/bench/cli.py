@@ -32,8 +32,9 @@ def add_subparsers(subparsers) -> None:
                    help="backbone spec: bundled, ideal, edm:<preset> (random init), or a folder from `indis convert-edm`")
     p.add_argument("--nfe", type=_ints, default=None, help="NFEs (default 3,5,7,10; --quality: 3,5,7)")
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="batch sizes")
-    p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "ort", "trt"],
-                   help="subset of torch,torch_graph,native,ort,trt; unavailable ones are reported as skipped")
+    p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "native_graph", "ort", "trt"],
+                   help="subset of torch,torch_graph,native,native_graph,ort,trt; unavailable ones are reported as "
+                        "skipped")
     p.add_argument("--engines", default=None,
                    help="folder from `indis export` for the ort/trt rows (one NFE); default: export an untrained predictor "
                         "of the standard architecture and the backbone per NFE into OUT/engines_nfe<N>")

@@ -10,8 +10,14 @@ For each (NFE, batch) and each backend that is available:
                  process got).
 Median and p90 over `reps` (>= 20) runs after `warmup` runs; the whole sampler, the backbone-only limit and the
 predictor are timed in rotation (one of each per round) so that drifts of a shared machine hit them alike; on CUDA
-every run is bracketed by synchronisation.
+every run starts on an idle device and is timed with CUDA events on the current stream (host launch gaps included).
 A backend that cannot run here is reported as skipped, with the reason, never silently dropped.
+
+Backends: torch (the Python solver loop, eager), torch_graph (the Python loop, every backbone call replayed from a
+CUDA graph), native (the C++ sampler loop, indis.native.FastSampler without CUDA graphs), native_graph (the C++ loop
+captured whole in one CUDA graph: N backbone calls, N fused updates and the coefficients; its limit is one CUDA
+graph of the N backbone calls alone), ort and trt (exported engines). Each row also gives the largest difference of
+its samples from the first backend's on the same x_T (`max_abs_diff_vs`), a cross-check of the fast paths.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from ..solvers import sample
 
 Tensor = torch.Tensor
 
-BACKENDS = ("torch", "torch_graph", "native", "ort", "trt")
+BACKENDS = ("torch", "torch_graph", "native", "native_graph", "ort", "trt")
 
 
 class Unavailable(RuntimeError):
@@ -86,9 +92,10 @@ def default_predictor(backbone, nfe: int) -> Predictor:
     return Predictor(param, backbone.data_shape, backbone.cond_spec, hidden=64, conv_width=16)
 
 
-# ---- runners: each returns (run, backbone, predictor) or raises Unavailable -----------------------
+# ---- runners: each returns (run, backbone, predictor[, limit]) or raises Unavailable ---------------
 # run: (x_T, cond) -> x0, the whole sampler; backbone and predictor: the networks that backend runs, for the
-# backbone-only limit and the predictor's share
+# backbone-only limit and the predictor's share; limit (optional): (x_T, t, cond, nfe) -> a zero-argument callable
+# that is that backend's backbone-only limit (default: nfe calls of backbone)
 def _torch_runner(s: BenchSetup):
     bb, phi = s.backbone, s.predictor
 
@@ -114,7 +121,7 @@ def _torch_graph_runner(s: BenchSetup):
     return run, net, phi
 
 
-def _native_runner(s: BenchSetup):
+def _native_sampler(s: BenchSetup, cuda_graph: bool):
     try:
         from ..native import FastSampler
         from .. import _native
@@ -122,9 +129,54 @@ def _native_runner(s: BenchSetup):
         _native.load()
     except ImportError as e:
         raise Unavailable(f"the native module is not available: {e}") from e
-    fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="native",
-                     cuda_graph=s.device.type == "cuda")
-    return (lambda x_T, cond: fs(x_T, cond)[0]), s.backbone, s.predictor
+    if s.device.type == "cuda" and not _native.build_info()["cuda"]:
+        raise Unavailable("indis._C was built without CUDA (rebuild with INDIS_CUDA=1)")
+    fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="native", cuda_graph=cuda_graph)
+    want = "native+cuda_graph" if cuda_graph else "native"
+
+    def run(x_T, cond):
+        x0, timings = fs(x_T, cond)
+        if timings["path"] != want:  # a silent fallback would time the wrong thing
+            raise RuntimeError(f"FastSampler took path {timings['path']!r}, expected {want!r}")
+        return x0
+
+    return run
+
+
+def _native_runner(s: BenchSetup):
+    """The C++ sampler loop (N backbone calls from C++, N fused updates), without CUDA graphs."""
+    return _native_sampler(s, cuda_graph=False), s.backbone, s.predictor
+
+
+def graphed_backbone_calls(net, x_T: Tensor, t: Tensor, cond, nfe: int) -> Callable[[], Tensor]:
+    """One CUDA graph of `nfe` calls of net(x, t, cond) (each call's output feeds the next call's input, as in a
+    sampler): the backbone-only limit of a whole-loop CUDA graph. Returns its replay."""
+    static_x = x_T.clone()
+
+    def calls():
+        x = static_x
+        for _ in range(nfe):
+            x = net(x, t, cond)
+        return x
+
+    side = torch.cuda.Stream(x_T.device)
+    side.wait_stream(torch.cuda.current_stream(x_T.device))
+    with torch.cuda.stream(side):  # warm-up (lazy inits, cuDNN autotuning) outside the capture
+        for _ in range(2):
+            calls()
+    torch.cuda.current_stream(x_T.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        calls()
+    return graph.replay
+
+
+def _native_graph_runner(s: BenchSetup):
+    """The C++ sampler loop captured whole in one CUDA graph, against one CUDA graph of the N backbone calls."""
+    if s.device.type != "cuda":
+        raise Unavailable("CUDA graphs need a CUDA device (none here)")
+    run = _native_sampler(s, cuda_graph=True)
+    return run, s.backbone, s.predictor, (lambda x_T, t, cond, nfe: graphed_backbone_calls(s.backbone, x_T, t, cond, nfe))
 
 
 def _engine_runner(kind: str):
@@ -153,6 +205,7 @@ RUNNERS: Dict[str, Callable[[BenchSetup], Callable]] = {
     "torch": _torch_runner,
     "torch_graph": _torch_graph_runner,
     "native": _native_runner,
+    "native_graph": _native_graph_runner,
     "ort": _engine_runner("ort"),
     "trt": _engine_runner("trt"),
 }
@@ -160,21 +213,31 @@ RUNNERS: Dict[str, Callable[[BenchSetup], Callable]] = {
 
 # ---- timing ------------------------------------------------------------------------------------
 def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int, reps: int) -> Dict[str, List[float]]:
-    """Wall times in milliseconds of `reps` calls of each function after `warmup` calls, measured in rotation (one
+    """Times in milliseconds of `reps` calls of each function after `warmup` calls, measured in rotation (one
     call of each per round), so that slow drifts of the machine (other load, frequency) hit them alike and their
-    ratios stay meaningful."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ratios stay meaningful. CPU: wall clock. CUDA: each call starts on an idle device and is bracketed by CUDA events
+    on the current stream (so host-side launch gaps inside the call count, work queued before it does not)."""
+    cuda = device.type == "cuda"
     for _ in range(warmup):
         for f in fns.values():
             f()
-    sync()
+    if cuda:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     out: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            sync()
-            out[k].append((time.perf_counter() - t0) * 1e3)
+            if cuda:
+                start.record()
+                f()
+                end.record()
+                end.synchronize()
+                torch.cuda.synchronize(device)  # work the call left on other streams must not leak into the next
+                out[k].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                f()
+                out[k].append((time.perf_counter() - t0) * 1e3)
     return out
 
 
@@ -188,9 +251,15 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int = 20, seed: int = 0) -> List[Dict]:
+def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int = 20, seed: int = 0,
+              on_error: str = "raise") -> List[Dict]:
+    """One row per backend at (s.nfe, s.batch). on_error="record": a backend that raises while it is measured gets
+    status "failed" with the error as its reason and the next backend is measured (the GPU check's sweep);
+    "raise" (default) lets the exception through."""
     if reps < 20:
         raise ValueError(f"reps must be at least 20 for a stable median and p90, got {reps}")
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     bb = s.backbone
     g = torch.Generator().manual_seed(seed)
     x_T = (torch.randn(s.batch, *bb.data_shape, generator=g) * bb.process.prior_std()).to(s.device)
@@ -201,20 +270,42 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
         cond = torch.randn(s.batch, bb.cond_spec.dim, generator=g).to(s.device)
     t = torch.full((s.batch,), float(bb.process.T), device=s.device)
     rows = []
+    ref = None  # (backend, samples) of the first backend that ran: the others are compared with it
     with torch.no_grad():
         for name in backends:
             row = {"backend": name, "device": s.device.type, "nfe": s.nfe, "batch": s.batch}
             try:
-                run, net, phi = RUNNERS[name](s)
+                run, net, phi, *limit = RUNNERS[name](s)
             except Unavailable as e:
                 row.update(status="skipped", reason=str(e))
                 rows.append(row)
                 continue
-            if s.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(s.device)
-            times = time_interleaved({"backbone_only": lambda: [net(x_T, t, cond) for _ in range(s.nfe)],
-                                      "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
-                                     s.device, warmup, reps)
+            except Exception as e:  # noqa: BLE001
+                if on_error == "raise":
+                    raise
+                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+                rows.append(row)
+                continue
+            try:
+                if s.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(s.device)
+                backbone_only = (limit[0](x_T, t, cond, s.nfe) if limit
+                                 else (lambda: [net(x_T, t, cond) for _ in range(s.nfe)]))
+                times = time_interleaved({"backbone_only": backbone_only,
+                                          "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
+                                         s.device, warmup, reps)
+                x0 = run(x_T, cond).float()
+            except Exception as e:  # noqa: BLE001
+                if on_error == "raise":
+                    raise
+                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+                rows.append(row)
+                continue
+            if ref is None:
+                ref = (name, x0)
+            else:
+                row.update(max_abs_diff_vs=ref[0], max_abs_diff=float((x0 - ref[1]).abs().max()),
+                           ref_abs_max=float(ref[1].abs().max()))
             backbone_only, predictor = _quantile(times["backbone_only"], 0.5), _quantile(times["predictor"], 0.5)
             ms = times["run"]
             med = _quantile(ms, 0.5)
@@ -261,7 +352,7 @@ def markdown(report: Dict) -> str:
     for r in report["rows"]:
         if r.get("status") != "ok":
             reason = " ".join(str(r["reason"]).split()).replace("|", "/")  # one table cell
-            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | skipped: {reason} | | | | | | |")
+            lines.append(f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['status']}: {reason} | | | | | | |")
             continue
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['nfe']} | {r['batch']} | {r['latency_ms_median']:.3g} | "
