@@ -18,3 +18,164 @@ def test_diffusers_models_import_without_indis():
             "FluxTransformer2DModel; assert 'indis' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.fixture
+def diffusers():
+    """diffusers, or skip (indis.backbones.diffusers.require_diffusers also hides a torchvision build that cannot load)."""
+    from indis.backbones.diffusers import require_diffusers
+
+    try:
+        return require_diffusers()
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+def tiny_unet(diffusers, channels=2, res=8, seed=0, **kw):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=res, in_channels=channels, out_channels=channels, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, **kw).eval()
+
+
+# the beta schedules of DDPM (linear), Stable Diffusion 1.x/2.x (scaled_linear), improved DDPM (cosine), and
+# zero-terminal-SNR rescaling
+DDPM_SCHEDULES = {
+    "linear": {},
+    "scaled_linear": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    "cosine": dict(beta_schedule="squaredcos_cap_v2"),
+    "zero_snr": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", rescale_betas_zero_snr=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DDPM_SCHEDULES))
+def test_ddpm_unet_is_called_at_diffusers_timesteps(diffusers, name):
+    """For the same noise levels, the adapter calls a DDPM-style UNet at the timesteps diffusers' own scheduler uses
+    (EulerDiscreteScheduler: log-sigma interpolation over the discrete alphas_cumprod), and returns its output."""
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    unet = tiny_unet(diffusers)
+    sched = diffusers.EulerDiscreteScheduler(**DDPM_SCHEDULES[name])
+    bb = DiffusersAdapter(unet, (2, 8, 8), scheduler=sched)
+    p = bb.process
+    assert p.name == "vp_linear" and bb.prediction_type == "eps" and bb.model_prediction_type == "epsilon"
+    # the fitted process spans the discrete noise levels: sigma_max at T, sigma_min at t0
+    s_disc = ((1 - sched.alphas_cumprod) / sched.alphas_cumprod) ** 0.5
+    assert float(p.ve_sigma(torch.tensor(p.T, dtype=torch.float64))) == pytest.approx(float(s_disc[-1]), rel=1e-5)
+    assert float(p.ve_sigma(torch.tensor(p.t0, dtype=torch.float64))) == pytest.approx(float(s_disc[0]), rel=1e-5)
+    ts = torch.cat([torch.linspace(p.T, p.t0, 9, dtype=torch.float64), torch.tensor([0.37, 0.0101])]).sort(descending=True).values
+    sched.set_timesteps(sigmas=p.ve_sigma(ts).tolist())  # N+1 sigmas -> timesteps of the first N
+    want_t = sched.timesteps.double()
+    got_t = bb.model_timesteps(ts[:-1])
+    assert (got_t - want_t).abs().max() < 2e-3, (got_t, want_t)
+    x = torch.randn(len(ts) - 1, 2, 8, 8)
+    with torch.no_grad():
+        out = bb(x, ts[:-1].float())
+        want = unet(x, sched.timesteps).sample
+    assert (out - want).abs().max() < 1e-4
+
+
+def test_issue_example_timesteps(diffusers):
+    """The issue's example: on INDIS's uniform VP-linear times 1, 0.7502, 0.5005, 0.2507 (called at t*1000 before),
+    diffusers calls a DDPM UNet at 995.6, 747.5, 498.9, 249.9; so does the adapter now (default DDPM schedule)."""
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    bb = DiffusersAdapter(tiny_unet(diffusers), (2, 8, 8), process="vp_linear", prediction_type="epsilon")
+    ts = torch.linspace(1.0, 1e-3, 5, dtype=torch.float64)
+    t = ts[:-1]
+    sched = diffusers.EulerDiscreteScheduler()
+    sched.set_timesteps(sigmas=bb.process.ve_sigma(ts).tolist())
+    assert sched.timesteps.tolist() == pytest.approx([995.6, 747.5, 498.9, 249.9], abs=0.06)
+    assert (bb.model_timesteps(t) - sched.timesteps.double()).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
+def test_euler_loop_equals_diffusers_euler_scheduler(diffusers, ptype):
+    """The whole Euler loop: INDIS's solver through the adapter equals diffusers' EulerDiscreteScheduler driving the
+    same UNet at the same N+1 sigmas, for each of diffusers' VP prediction types (v_prediction: v = alpha eps -
+    sigma x0). INDIS works on x = alpha y, diffusers on y = x / alpha."""
+    from indis import sample
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    unet = tiny_unet(diffusers, seed=1)
+    cfg = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=ptype)
+    sched = diffusers.EulerDiscreteScheduler(**cfg)
+    bb = DiffusersAdapter(unet, (2, 8, 8), scheduler=sched.config)
+    assert bb.model_prediction_type == ptype and bb.prediction_type == {"v_prediction": "eps", "sample": "x0"}.get(ptype, "eps")
+    p = bb.process
+    ts = torch.tensor([p.T, 0.8, 0.55, 0.3, 0.12, p.t0], dtype=torch.float64)
+    sig = p.ve_sigma(ts)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64) * sig[0]  # diffusers' VE-scaled prior
+    sched.set_timesteps(sigmas=sig.tolist())
+    assert len(sched.timesteps) == 5
+    with torch.no_grad():
+        yd = y.float()
+        for t in sched.timesteps:
+            out = unet(sched.scale_model_input(yd, t), t).sample
+            yd = sched.step(out, t, yd).prev_sample
+        x_indis = sample(bb, y * p.alpha(ts[0]), ts, solver="euler", state_dtype=torch.float64)
+    x_diff = yd.double() * p.alpha(ts[-1])
+    err = (x_indis - x_diff).abs().max().item()
+    assert err < 2e-4 * max(1.0, x_diff.abs().max().item()), err
+
+
+def test_v_prediction_round_trip(diffusers):
+    """diffusers' v = alpha eps - sigma x0: the adapter's eps and the x0 INDIS derives from it give back the
+    network's v and diffusers' own pred_original_sample."""
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    unet = tiny_unet(diffusers, seed=2)
+    sched = diffusers.EulerDiscreteScheduler(prediction_type="v_prediction")
+    bb = DiffusersAdapter(unet, (2, 8, 8), scheduler=sched)
+    p = bb.process
+    ts = torch.tensor([0.9, 0.4, 0.05], dtype=torch.float64)
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    a, s = p.alpha(ts).view(-1, 1, 1, 1), p.sigma(ts).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        eps = bb(x, ts)
+        v = unet(x.float(), bb.model_timesteps(ts).float()).sample.double()
+    x0 = p.to_x0(eps, x, ts, "eps")
+    assert (a * eps - s * x0 - v).abs().max() < 1e-5
+    assert (a * v + s * x - eps).abs().max() < 1e-5
+    sched.set_timesteps(sigmas=(p.ve_sigma(ts)).tolist())
+    for i, t in enumerate(sched.timesteps):
+        y = (x[i: i + 1] / a[i]).float()
+        sched._step_index = i  # one step from sigma_i: its pred_original_sample is diffusers' x0 from v
+        with torch.no_grad():
+            x0_d = sched.step(v[i: i + 1].float(), t, y).pred_original_sample
+        assert (x0_d.double() - x0[i: i + 1]).abs().max() < 1e-4
+
+
+def test_prediction_type_names(diffusers):
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    unet = tiny_unet(diffusers)
+    for name, internal in [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "eps"), ("eps", "eps"), ("x0", "x0")]:
+        assert DiffusersAdapter(unet, (2, 8, 8), process="vp_linear", prediction_type=name).prediction_type == internal
+    flow = DiffusersAdapter(unet, (2, 8, 8), process="flow", prediction_type="flow_prediction")
+    assert flow.prediction_type == "velocity" and flow.timestep_scale == 1000.0 and flow.discrete is None
+    with pytest.raises(ValueError, match="variance-preserving"):
+        DiffusersAdapter(unet, (2, 8, 8), process="flow", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="unknown prediction type 'v'.*epsilon"):
+        DiffusersAdapter(unet, (2, 8, 8), process="vp_linear", prediction_type="v")
+    with pytest.raises(ValueError, match="discrete timesteps"):
+        DiffusersAdapter(unet, (2, 8, 8), scheduler=diffusers.DDPMScheduler(), timestep_scale=1000.0)
+    # the scheduler's own class gives alphas_cumprod (DDIM, PNDM read the same config keys)
+    for cls in (diffusers.DDIMScheduler, diffusers.PNDMScheduler, diffusers.DDPMScheduler):
+        s = cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        bb = DiffusersAdapter(unet, (2, 8, 8), scheduler=s)
+        assert torch.allclose(bb.discrete.log_sigmas.exp().float(), ((1 - s.alphas_cumprod) / s.alphas_cumprod) ** 0.5)
+
+
+def test_discrete_timestep_map_exports_to_onnx(diffusers):
+    """The sigma -> discrete timestep map and the v_prediction conversion trace into ONNX and agree with torch."""
+    pytest.importorskip("onnxruntime")
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
+
+    sched = diffusers.EulerDiscreteScheduler(prediction_type="v_prediction")
+    bb = DiffusersAdapter(tiny_unet(diffusers), (2, 8, 8), scheduler=sched).eval()
+    module, spec = BackboneForExport(bb), backbone_spec(bb)
+    errs = compare_with_torch(module, spec, export_bytes(module, spec))
+    assert max(errs.values()) < 1e-4, errs

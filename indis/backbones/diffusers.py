@@ -1,0 +1,364 @@
+"""diffusers denoisers as INDIS backbones.
+
+`DiffusersAdapter` wraps a diffusers model (UNet2DModel-like `model(sample, timestep).sample`, or an
+SD3Transformer2DModel-like transformer `model(hidden_states=, timestep=, encoder_hidden_states=,
+pooled_projections=).sample`) so that the INDIS solvers, teacher, training and export can call it as
+`backbone(x, t, cond)` with INDIS's process time t.
+
+Two things are taken from the model's scheduler config and never re-derived:
+
+* The timestep the network is called at. Flow-matching models (FlowMatchEulerDiscreteScheduler: SD3, FLUX) take
+  t * num_train_timesteps. DDPM-style models were trained on a DISCRETE schedule alphas_cumprod[0..K-1]; diffusers'
+  schedulers call them, for a noise level sigma = sqrt((1 - a) / a), at the fractional timestep found by linear
+  interpolation of log sigma over the K training sigmas (EulerDiscreteScheduler._sigma_to_t). `DiscreteSchedule`
+  does the same, differentiably and with ONNX-exportable ops, so the adapter calls the network where diffusers
+  would for the same sigma.
+* The prediction type, under diffusers' names: "epsilon" (-> INDIS "eps"), "sample" (-> "x0"), "v_prediction"
+  (VP only: v = alpha eps - sigma x0, Salimans & Ho 2022, "Progressive Distillation", Appendix D; the adapter returns
+  eps = alpha v + sigma x, because INDIS's "velocity" is the ODE velocity alpha' x0 + sigma' eps, a different
+  quantity), "flow_prediction" (-> "velocity", v = eps - x0 on the flow-matching path). INDIS's own names "eps",
+  "x0" and "velocity" are accepted as they are.
+
+INDIS's solvers work in the VE-equivalent variables (x / alpha, sigma / alpha), so for a variance-preserving model
+the continuous process only parameterises time: `DiscreteSchedule.process()` is a VP-linear process whose noise
+levels span exactly the discrete schedule's [sigma_min, sigma_max] (T = 1 at sigma_max, its initial slope
+K * beta_0), and the network is always called at the discrete timestep of the noise level.
+
+diffusers is imported lazily: `pip install indis[diffusers]`. Nothing is ever downloaded: models come from a local
+directory or are built by the caller.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..processes import VPLinearProcess, _bcast, get_process
+from ..schedules import get_schedule, shifted_uniform
+from .base import Backbone, CondSpec
+
+Tensor = torch.Tensor
+
+DIFFUSERS_HINT = "pip install indis[diffusers]"
+
+#: diffusers' prediction type names -> the INDIS prediction type of what the adapter returns
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps", "flow_prediction": "velocity"}
+#: the INDIS names, accepted as they are
+INDIS_PREDICTION_TYPES = ("eps", "x0", "velocity")
+VP_PROCESSES = ("vp_linear", "vp_cosine")
+#: the scheduler config keys that define a discrete DDPM noise schedule (the rest of a config is ignored)
+DISCRETE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                          "rescale_betas_zero_snr")
+
+
+def hide_broken_torchvision() -> bool:
+    """A torchvision build that does not match the installed torch (on CPU-only torch: "operator torchvision::nms
+    does not exist") raises on import and breaks diffusers' model imports, which import it when it looks installed.
+    The README's install does not bring torchvision; for environments that have such a build anyway: if importing
+    it fails that way, register it as absent (sys.modules entry None) so that diffusers and anything else treat it
+    as not installed. Returns True if it had to be hidden."""
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"] is None
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    except Exception:  # RuntimeError from the operator registration of a mismatched build
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None
+        return True
+    return False
+
+
+def require_diffusers():
+    """Import diffusers (hiding a broken torchvision first) or raise an ImportError that says how to install it."""
+    hide_broken_torchvision()
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"this feature needs the optional dependency diffusers: {DIFFUSERS_HINT}") from e
+    return diffusers
+
+
+def pack_text_cond(encoder_hidden_states: Tensor, pooled: Optional[Tensor] = None) -> Tensor:
+    """Pack text-encoder outputs [B, L, Dj] (and pooled [B, Dp]) into the [B, L*Dj + Dp] condition that the
+    transformer adapter takes (CondSpec 'text')."""
+    flat = encoder_hidden_states.reshape(encoder_hidden_states.shape[0], -1)
+    return flat if pooled is None else torch.cat([flat, pooled], dim=1)
+
+
+def scheduler_config(scheduler) -> Dict:
+    """The config dict of a diffusers scheduler object, a config dict, or a scheduler_config.json path."""
+    if scheduler is None:
+        return {}
+    if isinstance(scheduler, (str, os.PathLike)):
+        with open(scheduler) as f:
+            return json.load(f)
+    cfg = getattr(scheduler, "config", scheduler)
+    try:
+        return dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"scheduler must be a diffusers scheduler, its config dict or a scheduler_config.json path, "
+                         f"got {type(scheduler).__name__}") from e
+
+
+def is_flow_scheduler(cfg: Dict) -> bool:
+    """True for flow-matching schedulers (FlowMatchEulerDiscreteScheduler and kin), False for DDPM-style ones."""
+    name = str(cfg.get("_class_name", ""))
+    if "FlowMatch" in name:
+        return True
+    if "beta_schedule" in cfg or "trained_betas" in cfg or "beta_start" in cfg:
+        return False
+    return "shift" in cfg or "use_dynamic_shifting" in cfg
+
+
+class DiscreteSchedule:
+    """A diffusers DDPM-style discrete noise schedule and its sigma -> timestep map.
+
+    alphas_cumprod come from diffusers' own scheduler class built from the config (the class the config names, else
+    EulerDiscreteScheduler), so every beta schedule diffusers knows ("linear", "scaled_linear", "squaredcos_cap_v2",
+    trained_betas, rescale_betas_zero_snr) is read, not re-derived. A zero terminal alpha (zero-SNR rescaling) is
+    clamped to 2**-24 as EulerDiscreteScheduler does.
+    """
+
+    def __init__(self, config: Optional[Dict] = None):
+        cfg = {k: v for k, v in (config or {}).items() if k in DISCRETE_SCHEDULE_KEYS or k == "_class_name"}
+        diffusers = require_diffusers()
+        cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
+        if cls is None or not hasattr(cls, "from_config"):
+            cls = diffusers.EulerDiscreteScheduler
+        sched = cls.from_config({k: v for k, v in cfg.items() if k != "_class_name"})
+        ac = getattr(sched, "alphas_cumprod", None)
+        if ac is None:
+            raise ValueError(f"{cls.__name__} has no alphas_cumprod: it is not a DDPM-style discrete scheduler")
+        ac = torch.as_tensor(ac, dtype=torch.float32)
+        ac = torch.where(ac > 0, ac, torch.full_like(ac, 2.0**-24))
+        # as diffusers: sigmas in float32 from float32 alphas_cumprod, the interpolation on their logarithm
+        self.log_sigmas = (((1 - ac) / ac) ** 0.5).double().log()
+        if not (self.log_sigmas.diff() > 0).all():
+            raise ValueError("the discrete schedule's sigmas must increase strictly with the timestep")
+        self.config = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in sched.config.items()
+                       if k in DISCRETE_SCHEDULE_KEYS}
+        self._cache: Dict[Tuple, Tensor] = {}
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.log_sigmas.shape[0]
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def _log_sigmas(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self.log_sigmas.to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def timestep(self, log_sigma: Tensor) -> Tensor:
+        """The fractional training timestep of the noise levels exp(log_sigma), as EulerDiscreteScheduler._sigma_to_t:
+        linear interpolation of log sigma over the training sigmas, clamped to [0, K - 1]. Differentiable in
+        log_sigma; comparisons, sums and gathers only (ONNX-exportable)."""
+        ls = self._log_sigmas(log_sigma)
+        k = ls.shape[0]
+        below = (log_sigma.unsqueeze(-1) >= ls).sum(-1)  # how many training sigmas lie at or below sigma
+        low = (below - 1).clamp(0, k - 2)
+        lo, hi = ls[low], ls[low + 1]
+        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
+        return low.to(log_sigma.dtype) + w
+
+    def process(self):
+        """A VP-linear process whose VE-equivalent noise level sigma/alpha spans this schedule: sigma_max at T = 1,
+        sigma_min at t0, initial slope beta_0 = K * betas[0] (only the parameterisation of time; the network is
+        called at the discrete timestep of each noise level)."""
+        k = self.num_train_timesteps
+        a0 = 1.0 / (1.0 + self.sigma_min**2)  # alphas_cumprod[0] = 1 - betas[0]
+        beta_0 = k * (1.0 - a0)
+        beta_1 = 2.0 * math.log1p(self.sigma_max**2) - beta_0  # -log alpha(1)^2 = (beta_0 + beta_1) / 2
+        if not beta_1 > beta_0 > 0:
+            raise ValueError(f"cannot fit a VP-linear process to this discrete schedule (beta_0 {beta_0}, beta_1 {beta_1})")
+        p = VPLinearProcess(beta_0=beta_0, beta_1=beta_1, T=1.0)
+        t0 = float(p.t_from_log_snr(torch.tensor(-math.log(self.sigma_min), dtype=torch.float64)))
+        return VPLinearProcess(t0=t0, T=1.0, beta_0=beta_0, beta_1=beta_1)
+
+
+def resolve_prediction_type(name: str, process) -> str:
+    """The INDIS prediction type of the adapter's output for a model of prediction type `name` (diffusers' or
+    INDIS's names) under `process`."""
+    if name in INDIS_PREDICTION_TYPES:
+        return name
+    if name not in DIFFUSERS_PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {name!r}; expected one of diffusers' "
+                         f"{sorted(DIFFUSERS_PREDICTION_TYPES)} or INDIS's {list(INDIS_PREDICTION_TYPES)}")
+    if name == "v_prediction" and process.name not in VP_PROCESSES:
+        raise ValueError(f"prediction type 'v_prediction' (v = alpha eps - sigma x0) needs a variance-preserving "
+                         f"process ({', '.join(VP_PROCESSES)}), got {process.name!r}; a flow-matching model predicts "
+                         "'flow_prediction'")
+    if name == "flow_prediction" and process.name != "flow":
+        raise ValueError(f"prediction type 'flow_prediction' belongs to the flow-matching process, got {process.name!r}")
+    return DIFFUSERS_PREDICTION_TYPES[name]
+
+
+def _model_kind(model: torch.nn.Module) -> str:
+    cname = type(model).__name__.lower()
+    kind = "transformer" if "transformer" in cname else "unet" if "unet" in cname else None
+    if kind is None:
+        raise ValueError(f"cannot tell whether {type(model).__name__} is a unet or a transformer; pass kind=")
+    return kind
+
+
+class DiffusersAdapter(Backbone):
+    """Backbone over a diffusers denoiser.
+
+    model: a diffusers UNet2DModel-like ('unet') or SD3Transformer2DModel-like ('transformer') module; the kind is
+      read from the class name unless given.
+    data_shape: [C, H, W] of one sample (latents for latent models).
+    scheduler: the model's diffusers scheduler (object, config dict or scheduler_config.json path). A DDPM-style
+      one (betas) makes the network be called at the discrete timesteps diffusers uses (DiscreteSchedule) and gives
+      the default process (DiscreteSchedule.process()) and prediction type (its `prediction_type`); a flow-matching
+      one gives process "flow", prediction "flow_prediction", timestep t * num_train_timesteps and its `shift`.
+    process: default from the scheduler, else "flow". With a VP process and neither scheduler nor timestep_scale,
+      the network is called on diffusers' default DDPM schedule (1000 linear betas 1e-4 .. 0.02).
+    prediction_type: diffusers' names ("epsilon", "v_prediction", "sample", "flow_prediction") or INDIS's ("eps",
+      "x0", "velocity"); default from the scheduler, else "velocity" for flow and "epsilon" otherwise.
+    timestep_scale: call the network at t * timestep_scale instead (a continuous-time model; 1000 for SD3-style flow
+      models, the default of flow).
+    text_seq_len / text_dim / pooled_dim: the transformer's condition layout; the condition is
+      pack_text_cond(encoder_hidden_states [B, L, text_dim], pooled [B, pooled_dim]).
+    n_classes: class conditioning of a UNet2DModel (passed as class_labels).
+    shift: the flow shift of the model's default schedule.
+    """
+
+    KINDS = ("unet", "transformer")
+
+    def __init__(self, model: torch.nn.Module, data_shape: Sequence[int], process=None,
+                 prediction_type: Optional[str] = None, kind: Optional[str] = None,
+                 timestep_scale: Optional[float] = None, text_seq_len: int = 0, text_dim: int = 0, pooled_dim: int = 0,
+                 n_classes: int = 0, shift: Optional[float] = None, model_name: Optional[str] = None, scheduler=None):
+        require_diffusers()
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch module, got {type(model).__name__}")
+        kind = _model_kind(model) if kind is None else kind
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        if kind == "transformer":
+            if text_seq_len < 1 or text_dim < 1:
+                raise ValueError("a transformer adapter needs text_seq_len >= 1 and text_dim >= 1 (its text condition layout)")
+            cond = CondSpec("text", text_seq_len * text_dim + pooled_dim)
+        else:
+            if text_seq_len or text_dim or pooled_dim:
+                raise ValueError("text conditioning is only supported for transformer models")
+            cond = CondSpec("class", n_classes) if n_classes else CondSpec()
+
+        scfg = scheduler_config(scheduler)
+        discrete: Optional[DiscreteSchedule] = None
+        if scfg and is_flow_scheduler(scfg):
+            process = "flow" if process is None else process
+            prediction_type = prediction_type or "flow_prediction"
+            if timestep_scale is None:
+                timestep_scale = float(scfg.get("num_train_timesteps", 1000))
+            if shift is None:
+                shift = float(scfg.get("shift", 1.0))
+        elif scfg:
+            if timestep_scale is not None:
+                raise ValueError("timestep_scale cannot be combined with a DDPM-style scheduler: the network is "
+                                 "called at the scheduler's discrete timesteps")
+            discrete = DiscreteSchedule(scfg)
+            process = discrete.process() if process is None else process
+            prediction_type = prediction_type or scfg.get("prediction_type", "epsilon")
+        process = get_process("flow" if process is None else process)
+        if not scfg and process.name in VP_PROCESSES and timestep_scale is None:
+            discrete = DiscreteSchedule()  # diffusers' default DDPM schedule
+        if discrete is None and timestep_scale is None:
+            timestep_scale = 1000.0
+        if discrete is not None and process.name not in VP_PROCESSES:
+            raise ValueError(f"a DDPM-style discrete schedule is variance preserving; process {process.name!r} does "
+                             f"not fit it (use one of {', '.join(VP_PROCESSES)}, or leave process unset)")
+        if prediction_type is None:
+            prediction_type = "flow_prediction" if process.name == "flow" else "epsilon"
+        internal = resolve_prediction_type(prediction_type, process)
+        super().__init__(process, internal, data_shape, cond)
+        self.model = model
+        self.kind = kind
+        self.model_prediction_type = prediction_type
+        self.discrete = discrete
+        self.timestep_scale = None if discrete is not None else float(timestep_scale)
+        self.text_seq_len, self.text_dim, self.pooled_dim = int(text_seq_len), int(text_dim), int(pooled_dim)
+        self.n_classes = int(n_classes)
+        self.shift = 1.0 if shift is None else float(shift)
+        self.model_name = model_name
+
+    @classmethod
+    def from_pretrained_dir(cls, path: str, subfolder: Optional[str] = None, **kwargs) -> "DiffusersAdapter":
+        """Load a diffusers model from a LOCAL directory (local_files_only: never downloads)."""
+        diffusers = require_diffusers()
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is not a local directory (indis never downloads models)")
+        cfg_dir = os.path.join(path, subfolder) if subfolder else path
+        with open(os.path.join(cfg_dir, "config.json")) as f:
+            class_name = json.load(f).get("_class_name")
+        model_cls = getattr(diffusers, class_name or "", None)
+        if model_cls is None:
+            raise ValueError(f"{cfg_dir}/config.json names an unknown diffusers class {class_name!r}")
+        model = model_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        return cls(model, model_name=class_name, **kwargs)
+
+    def config(self) -> Dict:
+        cfg = super().config()
+        mcfg = getattr(self.model, "config", None)
+        mcfg = {k: v for k, v in dict(mcfg).items() if not k.startswith("_")} if mcfg is not None else {}
+        cfg.update(kind=self.kind, model_class=type(self.model).__name__, model_config=mcfg,
+                   model_prediction_type=self.model_prediction_type,
+                   discrete_schedule=None if self.discrete is None else self.discrete.config,
+                   timestep_scale=self.timestep_scale, text_seq_len=self.text_seq_len, text_dim=self.text_dim,
+                   pooled_dim=self.pooled_dim, n_classes=self.n_classes, shift=self.shift)
+        return cfg
+
+    def default_timesteps(self, n: int) -> Tensor:
+        p = self.process
+        if p.name != "flow":
+            return get_schedule("uniform", p, n)
+        return shifted_uniform(n, p.t0, p.T, shift=self.shift)
+
+    def model_timesteps(self, t: Tensor) -> Tensor:
+        """The timestep the network is called at for process time t [B] (in t's dtype, at least float32)."""
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.float()
+        if self.discrete is not None:
+            return self.discrete.timestep(-self.process.log_snr(t))
+        return t * self.timestep_scale
+
+    def predict(self, x, t, cond):
+        dtype = next(self.model.parameters()).dtype
+        ts = self.model_timesteps(t).to(dtype)
+        xin = x.to(dtype)
+        if self.kind == "unet":
+            kw = {}
+            if cond is not None:
+                kw["class_labels"] = cond.argmax(1)
+            out = self.model(xin, ts, return_dict=False, **kw)[0]
+        else:
+            b = x.shape[0]
+            n_seq = self.text_seq_len * self.text_dim
+            ehs = cond[:, :n_seq].reshape(b, self.text_seq_len, self.text_dim).to(dtype)
+            pooled = cond[:, n_seq:].to(dtype) if self.pooled_dim else None
+            kw = dict(hidden_states=xin, timestep=ts, encoder_hidden_states=ehs, return_dict=False)
+            if pooled is not None:
+                kw["pooled_projections"] = pooled
+            out = self.model(**kw)[0]
+        out = out.to(x.dtype)
+        if self.model_prediction_type == "v_prediction":
+            # diffusers' VP v = alpha eps - sigma x0 with x = alpha x0 + sigma eps, alpha^2 + sigma^2 = 1
+            # -> eps = alpha v + sigma x
+            tt = t.to(x.dtype)
+            out = _bcast(self.process.alpha(tt), x) * out + _bcast(self.process.sigma(tt), x) * x
+        return out
