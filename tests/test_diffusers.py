@@ -1,6 +1,7 @@
 """diffusers models in INDIS (indis.backbones.diffusers): imports, timesteps, prediction types, loading, families.
 Every model is a tiny randomly initialised one built here; nothing is downloaded."""
 import importlib.util
+import math
 import subprocess
 import sys
 
@@ -179,3 +180,136 @@ def test_discrete_timestep_map_exports_to_onnx(diffusers):
     module, spec = BackboneForExport(bb), backbone_spec(bb)
     errs = compare_with_torch(module, spec, export_bytes(module, spec))
     assert max(errs.values()) < 1e-4, errs
+
+
+# ------------------------------------------------------------------------------------------------
+# loading: from_pretrained (pipeline object, pipeline folder, save_pretrained folder) and --backbone diffusers:PATH
+# ------------------------------------------------------------------------------------------------
+def tiny_vae(diffusers, latent_channels=4, seed=3, **kw):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                   latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **kw).eval()
+
+
+def tiny_sd3(diffusers, seed=0):
+    torch.manual_seed(seed)
+    return diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                           caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
+                                           pos_embed_max_size=8).eval()
+
+
+def test_load_save_pretrained_model_folder(diffusers, tmp_path):
+    """A save_pretrained UNet folder: data shape from its config, diffusers' default DDPM schedule, same id and
+    outputs as the adapter over the model in memory; --backbone diffusers:PATH gives the same backbone."""
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.engines.spec import resolve_backbone
+
+    unet = tiny_unet(diffusers)
+    unet.save_pretrained(str(tmp_path / "unet"))
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "unet"))
+    assert bb.data_shape == (2, 8, 8) and bb.kind == "unet" and bb.vae is None
+    assert bb.discrete is not None and bb.model_prediction_type == "epsilon" and bb.process.name == "vp_linear"
+    ref = DiffusersAdapter.from_pretrained(unet)
+    assert bb.backbone_id == ref.backbone_id
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([0.9, 0.2])
+    with torch.no_grad():
+        assert torch.equal(bb(x, t), ref(x, t))
+    cli = resolve_backbone(f"diffusers:{tmp_path / 'unet'}")
+    assert cli.backbone_id == bb.backbone_id and not cli.training
+    # a scheduler_config.json beside the model's config is used
+    diffusers.DDIMScheduler(prediction_type="v_prediction").save_pretrained(str(tmp_path / "unet"))
+    assert DiffusersAdapter.from_pretrained(str(tmp_path / "unet")).model_prediction_type == "v_prediction"
+
+
+def test_load_ddpm_pipeline_folder_and_object(diffusers, tmp_path):
+    """A pipeline folder (model_index.json, unet/, scheduler/): the scheduler config gives the discrete schedule and
+    the prediction type; the pipeline object gives the same backbone."""
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.engines.spec import resolve_backbone
+
+    sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    prediction_type="v_prediction")
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(diffusers), scheduler=sched)
+    pipe.save_pretrained(str(tmp_path / "pipe"))
+    assert (tmp_path / "pipe" / "model_index.json").is_file()
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "pipe"))
+    assert bb.model_prediction_type == "v_prediction" and bb.prediction_type == "eps"
+    assert bb.discrete.config["beta_schedule"] == "scaled_linear"
+    assert bb.discrete.sigma_max == pytest.approx(float(((1 - sched.alphas_cumprod[-1]) / sched.alphas_cumprod[-1]) ** 0.5), rel=1e-6)
+    assert DiffusersAdapter.from_pretrained(pipe).backbone_id == bb.backbone_id
+    assert resolve_backbone(f"diffusers:{tmp_path / 'pipe'}").backbone_id == bb.backbone_id
+    # what changes the model's maths changes the id
+    other = DiffusersAdapter.from_pretrained(pipe, scheduler=diffusers.DDIMScheduler(prediction_type="v_prediction"))
+    assert other.backbone_id != bb.backbone_id
+
+
+def test_load_sd3_pipeline_folder(diffusers, tmp_path):
+    """An SD3 pipeline folder without text encoders: the transformer, the flow scheduler's shift and timestep scale,
+    the condition layout from the config, and the VAE for decoding (not part of the backbone id)."""
+    pytest.importorskip("transformers")
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    model, vae = tiny_sd3(diffusers), tiny_vae(diffusers, shift_factor=0.1, scaling_factor=1.5)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = diffusers.StableDiffusion3Pipeline(transformer=model, scheduler=sched, vae=vae, text_encoder=None,
+                                              tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                              text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(str(tmp_path / "sd3"))
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "sd3"), text_seq_len=5)
+    assert bb.kind == "transformer" and bb.process.name == "flow" and bb.prediction_type == "velocity"
+    assert bb.model_prediction_type == "flow_prediction" and bb.shift == 3.0 and bb.timestep_scale == 1000.0
+    assert bb.data_shape == (4, 8, 8) and bb.cond_spec.dim == 5 * 16 + 8
+    assert bb.vae is not None and "vae" not in dict(bb.named_children())
+    assert bb.backbone_id == DiffusersAdapter.from_pretrained(str(tmp_path / "sd3"), text_seq_len=5, load_vae=False).backbone_id
+    ehs, pooled = torch.randn(2, 5, 16), torch.randn(2, 8)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out = bb(x, torch.tensor([0.3, 0.8]), pack_text_cond(ehs, pooled))
+        want = model(hidden_states=x, timestep=torch.tensor([300.0, 800.0]), encoder_hidden_states=ehs,
+                     pooled_projections=pooled).sample
+        assert (out - want).abs().max() < 1e-5
+        img = bb.decode(x)
+        assert img.shape == (2, 3, 16, 16)
+        assert torch.allclose(img, vae.decode(x / 1.5 + 0.1).sample, atol=1e-5)
+
+
+def test_dynamic_shifting_follows_the_pipeline(diffusers):
+    """A FLUX-style scheduler (use_dynamic_shifting): the shift is exp(mu) with the pipelines' mu for the latent's
+    number of image tokens, the same map sigma -> s sigma / (1 + (s - 1) sigma) that the scheduler applies."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from indis.backbones.diffusers import DiffusersAdapter, flow_shift
+
+    cfg = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(**cfg)
+    for tokens in (64, 1024, 4096):
+        mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+        assert flow_shift(dict(sched.config), tokens) == pytest.approx(math.exp(mu), rel=1e-12)
+    bb = DiffusersAdapter(tiny_sd3(diffusers), (4, 64, 64), text_seq_len=5, text_dim=16, pooled_dim=8, scheduler=sched)
+    mu = calculate_shift(32 * 32, 256, 4096, 0.5, 1.15)  # SD3-style patch 2: (64 / 2)^2 tokens
+    assert bb.shift == pytest.approx(math.exp(mu))
+    base = torch.linspace(0.988, 0.002, 6, dtype=torch.float64)
+    sched.set_timesteps(sigmas=base[:-1].tolist(), mu=mu)
+    s = bb.shift
+    assert torch.allclose(sched.sigmas[:-1].double(), s * base[:-1] / (1 + (s - 1) * base[:-1]), atol=1e-6)
+
+
+def test_loading_errors(diffusers, tmp_path):
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.engines.spec import resolve_backbone
+
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        DiffusersAdapter.from_pretrained("stabilityai/stable-diffusion-3-medium-diffusers")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        resolve_backbone("diffusers:no/such/folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        DiffusersAdapter.from_pretrained(str(tmp_path / "empty"))
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "X", "vae": ["diffusers", "AutoencoderKL"]}')
+    with pytest.raises(ValueError, match="no denoiser"):
+        DiffusersAdapter.from_pretrained(str(tmp_path / "pipe"))
+    with pytest.raises(ValueError, match="no `transformer` or `unet`"):
+        DiffusersAdapter.from_pretrained(object())

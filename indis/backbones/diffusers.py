@@ -21,7 +21,7 @@ Two things are taken from the model's scheduler config and never re-derived:
 
 INDIS's solvers work in the VE-equivalent variables (x / alpha, sigma / alpha), so for a variance-preserving model
 the continuous process only parameterises time: `DiscreteSchedule.process()` is a VP-linear process whose noise
-levels span exactly the discrete schedule's [sigma_min, sigma_max] (T = 1 at sigma_max, its initial slope
+levels span exactly the discrete schedule's [sigma_min, sigma_max] (T = 0.999 at sigma_max, its initial slope
 K * beta_0), and the network is always called at the discrete timestep of the noise level.
 
 diffusers is imported lazily: `pip install indis[diffusers]`. Nothing is ever downloaded: models come from a local
@@ -117,6 +117,22 @@ def is_flow_scheduler(cfg: Dict) -> bool:
     return "shift" in cfg or "use_dynamic_shifting" in cfg
 
 
+def flow_shift(cfg: Dict, image_seq_len: int) -> float:
+    """The shift s of a flow-matching scheduler config, sigma' = s sigma / (1 + (s - 1) sigma): its `shift`, or with
+    use_dynamic_shifting the resolution-dependent shift the pipelines use (FLUX: mu linear in the number of image
+    tokens between base_image_seq_len and max_image_seq_len; s = exp(mu), or mu itself for time_shift_type
+    "linear")."""
+    if not cfg.get("use_dynamic_shifting", False):
+        return float(cfg.get("shift", 1.0))
+    base_len, max_len = int(cfg.get("base_image_seq_len", 256)), int(cfg.get("max_image_seq_len", 4096))
+    base_shift, max_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
+    base_shift = 0.5 if base_shift is None else float(base_shift)
+    max_shift = 1.15 if max_shift is None else float(max_shift)
+    m = (max_shift - base_shift) / (max_len - base_len)
+    mu = base_shift + m * (image_seq_len - base_len)
+    return mu if cfg.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
+
+
 class DiscreteSchedule:
     """A diffusers DDPM-style discrete noise schedule and its sigma -> timestep map.
 
@@ -176,19 +192,23 @@ class DiscreteSchedule:
         w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
         return low.to(log_sigma.dtype) + w
 
+    #: the process time of sigma_max: below 1, so that float32 times stay inside vp_linear's valid range
+    T = 0.999
+
     def process(self):
-        """A VP-linear process whose VE-equivalent noise level sigma/alpha spans this schedule: sigma_max at T = 1,
-        sigma_min at t0, initial slope beta_0 = K * betas[0] (only the parameterisation of time; the network is
-        called at the discrete timestep of each noise level)."""
-        k = self.num_train_timesteps
+        """A VP-linear process whose VE-equivalent noise level sigma/alpha spans this schedule: sigma_max at T
+        (0.999), sigma_min at t0, initial slope beta_0 = K * betas[0] (only the parameterisation of time; the
+        network is called at the discrete timestep of each noise level)."""
+        k, T = self.num_train_timesteps, self.T
         a0 = 1.0 / (1.0 + self.sigma_min**2)  # alphas_cumprod[0] = 1 - betas[0]
         beta_0 = k * (1.0 - a0)
-        beta_1 = 2.0 * math.log1p(self.sigma_max**2) - beta_0  # -log alpha(1)^2 = (beta_0 + beta_1) / 2
+        # -log alpha(T)^2 = beta_0 T + (beta_1 - beta_0) T^2 / 2 = log(1 + sigma_max^2)
+        beta_1 = beta_0 + 2.0 * (math.log1p(self.sigma_max**2) - beta_0 * T) / T**2
         if not beta_1 > beta_0 > 0:
             raise ValueError(f"cannot fit a VP-linear process to this discrete schedule (beta_0 {beta_0}, beta_1 {beta_1})")
-        p = VPLinearProcess(beta_0=beta_0, beta_1=beta_1, T=1.0)
+        p = VPLinearProcess(beta_0=beta_0, beta_1=beta_1, T=T)
         t0 = float(p.t_from_log_snr(torch.tensor(-math.log(self.sigma_min), dtype=torch.float64)))
-        return VPLinearProcess(t0=t0, T=1.0, beta_0=beta_0, beta_1=beta_1)
+        return VPLinearProcess(t0=t0, T=T, beta_0=beta_0, beta_1=beta_1)
 
 
 def resolve_prediction_type(name: str, process) -> str:
@@ -206,6 +226,61 @@ def resolve_prediction_type(name: str, process) -> str:
     if name == "flow_prediction" and process.name != "flow":
         raise ValueError(f"prediction type 'flow_prediction' belongs to the flow-matching process, got {process.name!r}")
     return DIFFUSERS_PREDICTION_TYPES[name]
+
+
+def _read_json(path: str) -> Optional[Dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _component_class(entry) -> Optional[str]:
+    """The class name of a model_index.json entry ["library", "ClassName"] (None for an absent component)."""
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]:
+        return str(entry[1])
+    return None
+
+
+def _load_component(diffusers, path: str, subfolder: Optional[str], torch_dtype=None) -> torch.nn.Module:
+    """A diffusers model from a local folder (or its subfolder), its class named by the folder's config.json."""
+    folder = os.path.join(path, subfolder) if subfolder else path
+    cfg = _read_json(os.path.join(folder, "config.json"))
+    if cfg is None:
+        raise FileNotFoundError(f"{folder} has no config.json: expected a diffusers pipeline folder (model_index.json) "
+                                "or a model folder written by save_pretrained")
+    name = cfg.get("_class_name")
+    model_cls = getattr(diffusers, str(name), None)
+    if model_cls is None or not hasattr(model_cls, "from_pretrained"):
+        raise ValueError(f"{folder}/config.json names {name!r}, which is not a diffusers model class of the installed "
+                         f"diffusers {diffusers.__version__}")
+    kw = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    # low_cpu_mem_usage=False: the same weights, without asking for the optional `accelerate` package
+    return model_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True, low_cpu_mem_usage=False, **kw)
+
+
+def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = None) -> Dict:
+    """data_shape, kind and condition layout of a diffusers denoiser, read from its config."""
+    cfg = getattr(model, "config", None)
+    get = (lambda k, d=None: getattr(cfg, k, d) if cfg is not None else d)
+    kind = _model_kind(model) if kind is None else kind
+    out: Dict = {"kind": kind}
+    size = get("sample_size")
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        out["data_shape"] = (int(get("in_channels")), int(h), int(w))
+    if kind == "transformer":  # SD3: CLIP-L/G (77 tokens) + T5 (256 tokens) joint sequence, pooled CLIP-L+G
+        out.update(text_seq_len=77 + 256, text_dim=int(get("joint_attention_dim")),
+                   pooled_dim=int(get("pooled_projection_dim")))
+    return out
+
+
+def _image_tokens(model: torch.nn.Module, kind: str, data_shape: Sequence[int]) -> int:
+    """The number of image tokens of a latent [C, H, W] (what dynamic shifting is keyed on): FLUX packs 2x2
+    patches, SD3-style transformers patchify by their patch_size, a UNet has H * W positions."""
+    h, w = int(data_shape[-2]), int(data_shape[-1])
+    p = 2 if kind == "flux" else int(getattr(getattr(model, "config", None), "patch_size", 1) or 1)
+    return (h // p) * (w // p)
 
 
 def _model_kind(model: torch.nn.Module) -> str:
@@ -267,7 +342,7 @@ class DiffusersAdapter(Backbone):
             if timestep_scale is None:
                 timestep_scale = float(scfg.get("num_train_timesteps", 1000))
             if shift is None:
-                shift = float(scfg.get("shift", 1.0))
+                shift = flow_shift(scfg, _image_tokens(model, kind, data_shape))
         elif scfg:
             if timestep_scale is not None:
                 raise ValueError("timestep_scale cannot be combined with a DDPM-style scheduler: the network is "
@@ -298,19 +373,94 @@ class DiffusersAdapter(Backbone):
         self.model_name = model_name
 
     @classmethod
-    def from_pretrained_dir(cls, path: str, subfolder: Optional[str] = None, **kwargs) -> "DiffusersAdapter":
-        """Load a diffusers model from a LOCAL directory (local_files_only: never downloads)."""
+    def from_pretrained(cls, source, subfolder: Optional[str] = None, scheduler=None, load_vae: bool = True,
+                        torch_dtype: Optional[torch.dtype] = None, **kwargs) -> "DiffusersAdapter":
+        """The one way to wrap a diffusers model, from local files only (never a download).
+
+        source: a diffusers pipeline object (its `transformer` or `unet`, `scheduler` and `vae`), a diffusers model
+          object, or a LOCAL folder: a whole pipeline folder (model_index.json: the denoiser from its `transformer`
+          or `unet` subfolder, the scheduler config from `scheduler/`, the VAE from `vae/`) or a `save_pretrained`
+          model folder (config.json; a scheduler_config.json beside it, or in ../scheduler with `subfolder`, is used).
+        subfolder: the denoiser's subfolder inside a pipeline folder (default: found from model_index.json).
+        scheduler: overrides the scheduler found (object, config dict or scheduler_config.json path). Without
+          one, a UNet gets diffusers' default DDPM schedule and a transformer the flow-matching process.
+        load_vae: keep the pipeline's VAE for `decode` (it is not part of the backbone's weights or id).
+        kwargs: any DiffusersAdapter argument; data_shape and the condition layout default to the model config's.
+        """
         diffusers = require_diffusers()
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path} is not a local directory (indis never downloads models)")
-        cfg_dir = os.path.join(path, subfolder) if subfolder else path
-        with open(os.path.join(cfg_dir, "config.json")) as f:
-            class_name = json.load(f).get("_class_name")
-        model_cls = getattr(diffusers, class_name or "", None)
-        if model_cls is None:
-            raise ValueError(f"{cfg_dir}/config.json names an unknown diffusers class {class_name!r}")
-        model = model_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
-        return cls(model, model_name=class_name, **kwargs)
+        vae = None
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"{path} is not a local folder: indis loads diffusers models from local files "
+                                        "only and never downloads (save_pretrained the model or pipeline into a folder "
+                                        "and pass that folder)")
+            index = _read_json(os.path.join(path, "model_index.json"))
+            if index is not None and subfolder is None:
+                subfolder = next((n for n in ("transformer", "unet") if _component_class(index.get(n))), None)
+                if subfolder is None:
+                    raise ValueError(f"{path}/model_index.json lists no denoiser (a `transformer` or `unet` component); "
+                                     f"its components: {sorted(k for k in index if not k.startswith('_'))}")
+            model = _load_component(diffusers, path, subfolder, torch_dtype)
+            if scheduler is None:
+                for cand in ([os.path.join(path, "scheduler", "scheduler_config.json")] if index is not None else
+                             [os.path.join(path, subfolder or "", "scheduler_config.json")]
+                             + ([os.path.join(path, "scheduler", "scheduler_config.json")] if subfolder else [])):
+                    if os.path.isfile(cand):
+                        scheduler = cand
+                        break
+            if load_vae and index is not None and _component_class(index.get("vae")):
+                vae = _load_component(diffusers, path, "vae", torch_dtype)
+        elif isinstance(source, torch.nn.Module):
+            model = source
+        else:
+            model = getattr(source, "transformer", None) or getattr(source, "unet", None)
+            if not isinstance(model, torch.nn.Module):
+                raise ValueError(f"{type(source).__name__} has no `transformer` or `unet` denoiser; pass a diffusers "
+                                 "pipeline, model, or a local pipeline / model folder")
+            scheduler = getattr(source, "scheduler", None) if scheduler is None else scheduler
+            vae = getattr(source, "vae", None) if load_vae else None
+        args = dict(_family_defaults(model, vae, kwargs.get("kind")))
+        args.update(kwargs)
+        if args.get("data_shape") is None:
+            raise ValueError(f"cannot tell the latent shape of {type(model).__name__} from its config; pass "
+                             "data_shape=(C, H, W)")
+        if scheduler is None and args.get("process") is None and args.get("timestep_scale") is None \
+                and args["kind"] in ("unet", "unet_text"):
+            scheduler = {"_class_name": "DDPMScheduler"}  # diffusers' default DDPM schedule
+        args.setdefault("model_name", getattr(getattr(model, "config", None), "_name_or_path", None)
+                        or type(model).__name__)
+        bb = cls(model, scheduler=scheduler, **args)
+        bb.vae = vae
+        return bb
+
+    @classmethod
+    def from_pretrained_dir(cls, path: str, subfolder: Optional[str] = None, **kwargs) -> "DiffusersAdapter":
+        """from_pretrained for a local folder (kept for existing callers)."""
+        return cls.from_pretrained(os.fspath(path), subfolder=subfolder, **kwargs)
+
+    @property
+    def vae(self):
+        """The pipeline's VAE (or None): kept for decoding latents, not part of the backbone's weights or id."""
+        return self.__dict__.get("_vae")
+
+    def __setattr__(self, name, value):
+        if name == "vae":  # never a submodule: it takes no part in state_dict, backbone_id, .to() or export
+            self.__dict__["_vae"] = value
+            return
+        super().__setattr__(name, value)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images from latents [B, *data_shape] as the diffusers pipelines decode them: vae.decode(latents /
+        scaling_factor + shift_factor); values about [-1, 1]."""
+        if self.vae is None:
+            raise ValueError("this adapter has no VAE: load it with DiffusersAdapter.from_pretrained from a pipeline "
+                             "folder or object (load_vae=True), or set .vae")
+        cfg = self.vae.config
+        z = latents / float(getattr(cfg, "scaling_factor", 1.0) or 1.0) + float(getattr(cfg, "shift_factor", 0.0) or 0.0)
+        p = next(self.vae.parameters())
+        return self.vae.decode(z.to(device=p.device, dtype=p.dtype), return_dict=False)[0].to(latents.dtype)
 
     def config(self) -> Dict:
         cfg = super().config()
