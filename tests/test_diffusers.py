@@ -313,3 +313,170 @@ def test_loading_errors(diffusers, tmp_path):
         DiffusersAdapter.from_pretrained(str(tmp_path / "pipe"))
     with pytest.raises(ValueError, match="no `transformer` or `unet`"):
         DiffusersAdapter.from_pretrained(object())
+
+
+# ------------------------------------------------------------------------------------------------
+# families: the adapter's forward against a direct diffusers call, each with a tiny random configuration
+# ------------------------------------------------------------------------------------------------
+def tiny_unet_cond(diffusers, sdxl=False, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 + 6 * 8) \
+        if sdxl else {}
+    return diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                          norm_num_groups=4, attention_head_dim=2, **kw).eval()
+
+
+def tiny_flux(diffusers, guidance_embeds=True, seed=0):
+    torch.manual_seed(seed)
+    return diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                            pooled_projection_dim=8, guidance_embeds=guidance_embeds,
+                                            axes_dims_rope=(2, 2, 4)).eval()
+
+
+SD_SCHED = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+def test_sd_unet2dcondition(diffusers, ptype):
+    """SD 1.x (epsilon) / 2.x-v (v_prediction): the UNet gets encoder_hidden_states at diffusers' timesteps."""
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    unet = tiny_unet_cond(diffusers)
+    sched = diffusers.EulerDiscreteScheduler(prediction_type=ptype, **SD_SCHED)
+    bb = DiffusersAdapter.from_pretrained(unet, scheduler=sched, text_seq_len=5)
+    assert bb.kind == "unet_text" and bb.data_shape == (4, 8, 8) and bb.cond_spec.dim == 5 * 16
+    p = bb.process
+    ts = torch.tensor([p.T, 0.6, 0.2, p.t0], dtype=torch.float64)
+    sched.set_timesteps(sigmas=p.ve_sigma(ts).tolist())
+    x, ehs = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 5, 16)
+    with torch.no_grad():
+        out = bb(x, ts[:-1], pack_text_cond(ehs))
+        raw = unet(x.float(), sched.timesteps, encoder_hidden_states=ehs).sample.double()
+    if ptype == "v_prediction":
+        raw = p.alpha(ts[:-1]).view(-1, 1, 1, 1) * raw + p.sigma(ts[:-1]).view(-1, 1, 1, 1) * x
+    assert (out - raw).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="pooled_dim must be 0"):
+        DiffusersAdapter(unet, (4, 8, 8), text_seq_len=5, text_dim=16, pooled_dim=8)
+    with pytest.raises(ValueError, match="takes no text condition"):
+        DiffusersAdapter(tiny_unet(diffusers), (2, 8, 8), text_seq_len=5, text_dim=16)
+
+
+def test_sdxl_added_conditions(diffusers, tmp_path):
+    """SDXL: text_embeds (the pooled vector, part of the condition) and time_ids (from the latent size and the VAE's
+    scale factor, part of the adapter's config) go in as added_cond_kwargs."""
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    unet, vae = tiny_unet_cond(diffusers, sdxl=True), tiny_vae(diffusers)
+    pipe = diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                               tokenizer_2=None, unet=unet,
+                                               scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED))
+    bb = DiffusersAdapter.from_pretrained(pipe, text_seq_len=5)
+    assert bb.kind == "unet_text" and bb.pooled_dim == 8 and bb.time_ids == (16.0, 16.0, 0.0, 0.0, 16.0, 16.0)
+    ehs, pooled = torch.randn(2, 5, 16), torch.randn(2, 8)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.9, 0.3])
+    ids = torch.tensor([[16.0, 16, 0, 0, 16, 16]]).expand(2, -1)
+    with torch.no_grad():
+        out = bb(x, t, pack_text_cond(ehs, pooled))
+        want = unet(x, bb.model_timesteps(t), encoder_hidden_states=ehs,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        assert (out - want).abs().max() < 1e-5
+        other = DiffusersAdapter.from_pretrained(pipe, text_seq_len=5, time_ids=(32, 32, 0, 0, 32, 32))
+        assert (other(x, t, pack_text_cond(ehs, pooled)) - out).abs().max() > 1e-6
+    assert other.backbone_id != bb.backbone_id
+    with pytest.raises(ValueError, match="pooled"):
+        DiffusersAdapter(unet, (4, 8, 8), text_seq_len=5, text_dim=16)
+
+
+@pytest.mark.parametrize("guidance_embeds", [True, False])
+def test_flux_transformer(diffusers, guidance_embeds):
+    """FLUX: latents packed 2x2 into tokens with img_ids / txt_ids as FluxPipeline does, timestep = sigma, the
+    guidance embedding; the adapter's [B, C, H, W] output equals the pipeline's unpacked transformer output.
+    (Before: "mat1 and mat2 shapes cannot be multiplied".)"""
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    model = tiny_flux(diffusers, guidance_embeds)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
+                                                      max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    kw = dict(guidance=2.5) if guidance_embeds else {}
+    bb = DiffusersAdapter.from_pretrained(model, scheduler=sched, data_shape=(4, 8, 6), text_seq_len=5, **kw)
+    assert bb.kind == "flux" and bb.timestep_scale == 1.0 and bb.prediction_type == "velocity"
+    assert bb.guidance == (2.5 if guidance_embeds else None) and bb.shift > 0
+    b, (c, h, w) = 3, bb.data_shape
+    x, ehs, pooled = torch.randn(b, c, h, w), torch.randn(b, 5, 16), torch.randn(b, 8)
+    t = torch.tensor([0.95, 0.5, 0.1])
+    with torch.no_grad():
+        out = bb(x, t, pack_text_cond(ehs, pooled))
+        packed = FluxPipeline._pack_latents(x, b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
+        extra = dict(guidance=torch.full((b,), 2.5)) if guidance_embeds else {}
+        raw = model(hidden_states=packed, timestep=t, encoder_hidden_states=ehs, pooled_projections=pooled,
+                    img_ids=img_ids, txt_ids=torch.zeros(5, 3), **extra).sample
+        want = FluxPipeline._unpack_latents(raw, h * 8, w * 8, 8)
+    assert out.shape == (b, c, h, w) and (out - want).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="even H and W"):
+        DiffusersAdapter(model, (4, 7, 8), text_seq_len=5, text_dim=16, pooled_dim=8)
+    if not guidance_embeds:
+        with pytest.raises(ValueError, match="no guidance embedding"):
+            DiffusersAdapter(model, (4, 8, 8), text_seq_len=5, text_dim=16, pooled_dim=8, guidance=3.0)
+
+
+def test_flux_euler_loop_equals_diffusers_scheduler(diffusers):
+    """The whole loop on FLUX: INDIS's Euler through the adapter equals FlowMatchEulerDiscreteScheduler stepping the
+    packed latents with the same sigmas (N+1 values; the scheduler's own shift left at 1)."""
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+
+    from indis import sample
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    model = tiny_flux(diffusers, seed=1)
+    bb = DiffusersAdapter.from_pretrained(model, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+                                          data_shape=(4, 8, 8), text_seq_len=5)
+    b, (c, h, w) = 2, bb.data_shape
+    cond = pack_text_cond(torch.randn(b, 5, 16), torch.randn(b, 8))
+    ts = torch.tensor([0.988, 0.7, 0.45, 0.2, 0.002], dtype=torch.float64)
+    x_T = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(0))
+    sched = diffusers.FlowMatchEulerDiscreteScheduler()
+    sched.set_timesteps(sigmas=ts[:-1].tolist())  # the flow scheduler takes N sigmas and appends 0 ...
+    sched.sigmas[-1] = float(ts[-1])  # ... INDIS stops at t0
+    ehs, pooled = bb._text(cond, torch.float32)
+    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_T.device, x_T.dtype)
+    lat = FluxPipeline._pack_latents(x_T, b, c, h, w)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            v = model(hidden_states=lat, timestep=t.expand(b) / 1000, encoder_hidden_states=ehs, pooled_projections=pooled,
+                      img_ids=img_ids, txt_ids=torch.zeros(5, 3), guidance=torch.full((b,), 3.5)).sample
+            lat = sched.step(v, t, lat).prev_sample
+        x_indis = sample(bb, x_T, ts.float(), solver="euler", cond=cond, state_dtype=torch.float32)
+    x_diff = FluxPipeline._unpack_latents(lat, h * 8, w * 8, 8)
+    assert (x_indis - x_diff).abs().max() < 1e-4
+
+
+def test_sd_and_flux_pipeline_folders(diffusers, tmp_path):
+    """Pipeline folders saved without text encoders load by path: the denoiser, its kind and condition layout,
+    the scheduler (SD: discrete scaled_linear; FLUX: dynamic shift for the latent size) and the VAE."""
+    pytest.importorskip("transformers")
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    sd = diffusers.StableDiffusionPipeline(vae=tiny_vae(diffusers), text_encoder=None, tokenizer=None,
+                                           unet=tiny_unet_cond(diffusers), scheduler=diffusers.PNDMScheduler(steps_offset=1, **SD_SCHED),
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(str(tmp_path / "sd"))
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "sd"))
+    assert bb.kind == "unet_text" and bb.text_seq_len == 77 and bb.text_dim == 16 and bb.pooled_dim == 0
+    assert bb.discrete.config["beta_schedule"] == "scaled_linear" and bb.vae is not None
+    flux = diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+                                  vae=tiny_vae(diffusers, latent_channels=4), text_encoder=None, tokenizer=None,
+                                  text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux(diffusers))
+    flux.save_pretrained(str(tmp_path / "flux"))
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "flux"), text_seq_len=5)
+    assert bb.kind == "flux" and bb.data_shape == (4, 128, 128) and bb.guidance == 3.5 and bb.timestep_scale == 1.0
+    assert bb.shift == pytest.approx(math.exp(calculate_shift(64 * 64, 256, 4096, 0.5, 1.15)))
+    small = DiffusersAdapter.from_pretrained(str(tmp_path / "flux"), text_seq_len=5, data_shape=(4, 16, 16))
+    assert small.shift == pytest.approx(math.exp(calculate_shift(8 * 8, 256, 4096, 0.5, 1.15)))

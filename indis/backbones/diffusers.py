@@ -272,6 +272,18 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
     if kind == "transformer":  # SD3: CLIP-L/G (77 tokens) + T5 (256 tokens) joint sequence, pooled CLIP-L+G
         out.update(text_seq_len=77 + 256, text_dim=int(get("joint_attention_dim")),
                    pooled_dim=int(get("pooled_projection_dim")))
+    elif kind == "flux":  # T5 (512 tokens, FLUX.1-dev's max_sequence_length), pooled CLIP-L; latents 2x2-packed
+        c = int(get("in_channels")) // 4
+        out.update(data_shape=(c, 128, 128), text_seq_len=512, text_dim=int(get("joint_attention_dim")),
+                   pooled_dim=int(get("pooled_projection_dim")))
+    elif kind == "unet_text":  # CLIP (77 tokens); SDXL adds the pooled CLIP-G vector and the size/crop time ids
+        out.update(text_seq_len=77, text_dim=int(get("cross_attention_dim")))
+        if _is_sdxl(model):
+            out["pooled_dim"] = int(get("projection_class_embeddings_input_dim")) - 6 * int(get("addition_time_embed_dim"))
+            if vae is not None and "data_shape" in out:
+                f = _vae_scale_factor(vae)
+                h, w = out["data_shape"][1] * f, out["data_shape"][2] * f
+                out["time_ids"] = (h, w, 0, 0, h, w)
     return out
 
 
@@ -283,18 +295,40 @@ def _image_tokens(model: torch.nn.Module, kind: str, data_shape: Sequence[int]) 
     return (h // p) * (w // p)
 
 
+#: how the adapter calls each family of denoisers (DiffusersAdapter.predict)
+KINDS = {
+    "unet": "UNet2DModel: model(x, t, class_labels=)",
+    "unet_text": "UNet2DConditionModel (SD 1.x/2.x; SDXL with added text_embeds/time_ids): model(x, t, encoder_hidden_states=)",
+    "transformer": "SD3Transformer2DModel: model(hidden_states=, timestep=, encoder_hidden_states=, pooled_projections=)",
+    "flux": "FluxTransformer2DModel: 2x2-packed latents, img_ids/txt_ids, guidance embedding, timestep = sigma",
+}
+TEXT_KINDS = ("unet_text", "transformer", "flux")
+
+
 def _model_kind(model: torch.nn.Module) -> str:
     cname = type(model).__name__.lower()
-    kind = "transformer" if "transformer" in cname else "unet" if "unet" in cname else None
-    if kind is None:
-        raise ValueError(f"cannot tell whether {type(model).__name__} is a unet or a transformer; pass kind=")
-    return kind
+    if "flux" in cname:
+        return "flux"
+    if "transformer" in cname:
+        return "transformer"
+    if "unet" in cname:
+        return "unet_text" if "condition" in cname else "unet"
+    raise ValueError(f"cannot tell which kind of denoiser {type(model).__name__} is; pass kind= (one of {sorted(KINDS)})")
+
+
+def _is_sdxl(model: torch.nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "addition_embed_type", None) == "text_time"
+
+
+def _vae_scale_factor(vae) -> int:
+    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else 8
 
 
 class DiffusersAdapter(Backbone):
     """Backbone over a diffusers denoiser.
 
-    model: a diffusers UNet2DModel-like ('unet') or SD3Transformer2DModel-like ('transformer') module; the kind is
+    model: a diffusers denoiser; kind (how it is called, see KINDS: "unet", "unet_text", "transformer", "flux") is
       read from the class name unless given.
     data_shape: [C, H, W] of one sample (latents for latent models).
     scheduler: the model's diffusers scheduler (object, config dict or scheduler_config.json path). A DDPM-style
@@ -306,47 +340,77 @@ class DiffusersAdapter(Backbone):
     prediction_type: diffusers' names ("epsilon", "v_prediction", "sample", "flow_prediction") or INDIS's ("eps",
       "x0", "velocity"); default from the scheduler, else "velocity" for flow and "epsilon" otherwise.
     timestep_scale: call the network at t * timestep_scale instead (a continuous-time model; 1000 for SD3-style flow
-      models, the default of flow).
-    text_seq_len / text_dim / pooled_dim: the transformer's condition layout; the condition is
-      pack_text_cond(encoder_hidden_states [B, L, text_dim], pooled [B, pooled_dim]).
+      models, the default of flow; 1 for FLUX, whose transformer multiplies by 1000 itself).
+    text_seq_len / text_dim / pooled_dim: the text condition layout of "unet_text", "transformer" and "flux"; the
+      condition is pack_text_cond(encoder_hidden_states [B, L, text_dim], pooled [B, pooled_dim]) (pooled: SD3,
+      FLUX, SDXL's text_embeds; none for SD 1.x/2.x).
+    time_ids: SDXL's added (original H, W, crop top, left, target H, W) in pixels (default: 8 x the latent size).
+    guidance: FLUX's embedded guidance scale (models with guidance_embeds; FLUX.1-dev's default 3.5).
     n_classes: class conditioning of a UNet2DModel (passed as class_labels).
     shift: the flow shift of the model's default schedule.
     """
 
-    KINDS = ("unet", "transformer")
+    KINDS = tuple(KINDS)
 
     def __init__(self, model: torch.nn.Module, data_shape: Sequence[int], process=None,
                  prediction_type: Optional[str] = None, kind: Optional[str] = None,
                  timestep_scale: Optional[float] = None, text_seq_len: int = 0, text_dim: int = 0, pooled_dim: int = 0,
-                 n_classes: int = 0, shift: Optional[float] = None, model_name: Optional[str] = None, scheduler=None):
+                 n_classes: int = 0, shift: Optional[float] = None, model_name: Optional[str] = None, scheduler=None,
+                 time_ids: Optional[Sequence[float]] = None, guidance: Optional[float] = None):
         require_diffusers()
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch module, got {type(model).__name__}")
         kind = _model_kind(model) if kind is None else kind
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
-        if kind == "transformer":
+        data_shape = tuple(int(d) for d in data_shape)
+        sdxl = kind == "unet_text" and _is_sdxl(model)
+        if kind in TEXT_KINDS:
             if text_seq_len < 1 or text_dim < 1:
-                raise ValueError("a transformer adapter needs text_seq_len >= 1 and text_dim >= 1 (its text condition layout)")
+                raise ValueError(f"a {type(model).__name__} adapter needs text_seq_len >= 1 and text_dim >= 1 (its text "
+                                 "condition layout: encoder_hidden_states [B, text_seq_len, text_dim])")
+            if (kind in ("transformer", "flux") or sdxl) and pooled_dim < 1:
+                raise ValueError(f"{type(model).__name__} takes a pooled text embedding: pass pooled_dim >= 1")
+            if kind == "unet_text" and not sdxl and pooled_dim:
+                raise ValueError("a UNet2DConditionModel without SDXL's added conditions takes no pooled embedding "
+                                 "(pooled_dim must be 0)")
             cond = CondSpec("text", text_seq_len * text_dim + pooled_dim)
         else:
             if text_seq_len or text_dim or pooled_dim:
-                raise ValueError("text conditioning is only supported for transformer models")
+                raise ValueError(f"{type(model).__name__} takes no text condition (text conditioning needs a "
+                                 "UNet2DConditionModel or an SD3 / FLUX transformer); it takes class labels (n_classes) "
+                                 "or nothing")
             cond = CondSpec("class", n_classes) if n_classes else CondSpec()
+        if kind == "flux" and (len(data_shape) != 3 or data_shape[1] % 2 or data_shape[2] % 2):
+            raise ValueError(f"FLUX latents are [C, H, W] with even H and W (2x2 packing), got {data_shape}")
+        if sdxl:
+            time_ids = tuple(float(v) for v in (time_ids if time_ids is not None else
+                                                (8 * data_shape[1], 8 * data_shape[2], 0, 0, 8 * data_shape[1], 8 * data_shape[2])))
+            if len(time_ids) != 6:
+                raise ValueError(f"SDXL time_ids are 6 numbers (original H, W, crop top, left, target H, W), got {time_ids}")
+        elif time_ids is not None:
+            raise ValueError("time_ids are SDXL's added conditions; this model has none")
+        guides = kind == "flux" and bool(getattr(getattr(model, "config", None), "guidance_embeds", False))
+        if guidance is not None and not guides:
+            raise ValueError(f"{type(model).__name__} has no guidance embedding (guidance_embeds); use classifier-free "
+                             "guidance instead")
 
         scfg = scheduler_config(scheduler)
         discrete: Optional[DiscreteSchedule] = None
         if scfg and is_flow_scheduler(scfg):
             process = "flow" if process is None else process
             prediction_type = prediction_type or "flow_prediction"
-            if timestep_scale is None:
-                timestep_scale = float(scfg.get("num_train_timesteps", 1000))
+            if timestep_scale is None:  # FLUX's transformer takes sigma and multiplies by 1000 itself
+                timestep_scale = 1.0 if kind == "flux" else float(scfg.get("num_train_timesteps", 1000))
             if shift is None:
                 shift = flow_shift(scfg, _image_tokens(model, kind, data_shape))
         elif scfg:
             if timestep_scale is not None:
                 raise ValueError("timestep_scale cannot be combined with a DDPM-style scheduler: the network is "
                                  "called at the scheduler's discrete timesteps")
+            if scfg.get("timestep_type", "discrete") != "discrete":
+                raise ValueError(f"scheduler timestep_type {scfg.get('timestep_type')!r} (EDM-style c_noise timesteps) is "
+                                 "not supported; only discrete DDPM timesteps and flow matching are")
             discrete = DiscreteSchedule(scfg)
             process = discrete.process() if process is None else process
             prediction_type = prediction_type or scfg.get("prediction_type", "epsilon")
@@ -354,7 +418,7 @@ class DiffusersAdapter(Backbone):
         if not scfg and process.name in VP_PROCESSES and timestep_scale is None:
             discrete = DiscreteSchedule()  # diffusers' default DDPM schedule
         if discrete is None and timestep_scale is None:
-            timestep_scale = 1000.0
+            timestep_scale = 1.0 if kind == "flux" else 1000.0
         if discrete is not None and process.name not in VP_PROCESSES:
             raise ValueError(f"a DDPM-style discrete schedule is variance preserving; process {process.name!r} does "
                              f"not fit it (use one of {', '.join(VP_PROCESSES)}, or leave process unset)")
@@ -371,6 +435,8 @@ class DiffusersAdapter(Backbone):
         self.n_classes = int(n_classes)
         self.shift = 1.0 if shift is None else float(shift)
         self.model_name = model_name
+        self.time_ids = time_ids if sdxl else None
+        self.guidance = (3.5 if guidance is None else float(guidance)) if guides else None
 
     @classmethod
     def from_pretrained(cls, source, subfolder: Optional[str] = None, scheduler=None, load_vae: bool = True,
@@ -470,7 +536,8 @@ class DiffusersAdapter(Backbone):
                    model_prediction_type=self.model_prediction_type,
                    discrete_schedule=None if self.discrete is None else self.discrete.config,
                    timestep_scale=self.timestep_scale, text_seq_len=self.text_seq_len, text_dim=self.text_dim,
-                   pooled_dim=self.pooled_dim, n_classes=self.n_classes, shift=self.shift)
+                   pooled_dim=self.pooled_dim, n_classes=self.n_classes, shift=self.shift,
+                   time_ids=None if self.time_ids is None else list(self.time_ids), guidance=self.guidance)
         return cfg
 
     def default_timesteps(self, n: int) -> Tensor:
@@ -487,24 +554,47 @@ class DiffusersAdapter(Backbone):
             return self.discrete.timestep(-self.process.log_snr(t))
         return t * self.timestep_scale
 
+    def _text(self, cond: Tensor, dtype) -> Tuple[Tensor, Optional[Tensor]]:
+        """(encoder_hidden_states [B, L, D], pooled [B, P] or None) from a packed text condition."""
+        n_seq = self.text_seq_len * self.text_dim
+        ehs = cond[:, :n_seq].reshape(cond.shape[0], self.text_seq_len, self.text_dim).to(dtype)
+        return ehs, (cond[:, n_seq:].to(dtype) if self.pooled_dim else None)
+
     def predict(self, x, t, cond):
-        dtype = next(self.model.parameters()).dtype
+        p = next(self.model.parameters())
+        dtype, b = p.dtype, x.shape[0]
         ts = self.model_timesteps(t).to(dtype)
         xin = x.to(dtype)
         if self.kind == "unet":
-            kw = {}
-            if cond is not None:
-                kw["class_labels"] = cond.argmax(1)
+            kw = {} if cond is None else {"class_labels": cond.argmax(1)}
             out = self.model(xin, ts, return_dict=False, **kw)[0]
-        else:
-            b = x.shape[0]
-            n_seq = self.text_seq_len * self.text_dim
-            ehs = cond[:, :n_seq].reshape(b, self.text_seq_len, self.text_dim).to(dtype)
-            pooled = cond[:, n_seq:].to(dtype) if self.pooled_dim else None
+        elif self.kind == "unet_text":
+            ehs, pooled = self._text(cond, dtype)
+            kw = {}
+            if self.time_ids is not None:
+                ids = torch.tensor(self.time_ids, dtype=dtype, device=x.device).expand(b, -1)
+                kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids}
+            out = self.model(xin, ts, encoder_hidden_states=ehs, return_dict=False, **kw)[0]
+        elif self.kind == "transformer":
+            ehs, pooled = self._text(cond, dtype)
             kw = dict(hidden_states=xin, timestep=ts, encoder_hidden_states=ehs, return_dict=False)
             if pooled is not None:
                 kw["pooled_projections"] = pooled
             out = self.model(**kw)[0]
+        else:  # flux: the pipeline's packing (FluxPipeline._pack_latents / _unpack_latents / _prepare_latent_image_ids)
+            ehs, pooled = self._text(cond, dtype)
+            c, h, w = self.data_shape
+            packed = xin.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+            rows = torch.arange(h // 2, device=x.device, dtype=dtype)[:, None].expand(h // 2, w // 2)
+            cols = torch.arange(w // 2, device=x.device, dtype=dtype)[None, :].expand(h // 2, w // 2)
+            img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+            txt_ids = torch.zeros(self.text_seq_len, 3, device=x.device, dtype=dtype)
+            kw = dict(hidden_states=packed, timestep=ts, encoder_hidden_states=ehs, pooled_projections=pooled,
+                      img_ids=img_ids, txt_ids=txt_ids, return_dict=False)
+            if self.guidance is not None:
+                kw["guidance"] = torch.full((b,), self.guidance, device=x.device, dtype=dtype)
+            out = self.model(**kw)[0]
+            out = out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         out = out.to(x.dtype)
         if self.model_prediction_type == "v_prediction":
             # diffusers' VP v = alpha eps - sigma x0 with x = alpha x0 + sigma eps, alpha^2 + sigma^2 = 1
