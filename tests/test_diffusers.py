@@ -480,3 +480,100 @@ def test_sd_and_flux_pipeline_folders(diffusers, tmp_path):
     assert bb.shift == pytest.approx(math.exp(calculate_shift(64 * 64, 256, 4096, 0.5, 1.15)))
     small = DiffusersAdapter.from_pretrained(str(tmp_path / "flux"), text_seq_len=5, data_shape=(4, 16, 16))
     assert small.shift == pytest.approx(math.exp(calculate_shift(8 * 8, 256, 4096, 0.5, 1.15)))
+
+
+# ------------------------------------------------------------------------------------------------
+# sigma lists for diffusers' schedulers (indis.export.sigmas): configured exactly or refused, never re-shifted
+# ------------------------------------------------------------------------------------------------
+ISSUE_FLOW_SIGMAS = [0.988, 0.9475, 0.7209, 0.1513, 0.002]  # the issue's INDIS schedule (N = 4) and t0
+
+
+def test_sd3_shifted_scheduler_is_configured_not_reshifted(diffusers):
+    """SD3's default scheduler (shift 3.0) turned [0.988, 0.9475, 0.7209, 0.1513] into [0.996, 0.9818, 0.8857,
+    0.3484]; the list from scheduler_sigmas is the pre-image under its shift, so it steps through INDIS's values."""
+    from indis.export.sigmas import scheduler_sigmas, set_indis_sigmas
+
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(sigmas=ISSUE_FLOW_SIGMAS[:-1])  # the old way: silently re-shifted
+    assert sched.sigmas[:4].tolist() == pytest.approx([0.996, 0.9818, 0.8857, 0.3484], abs=1e-3)
+    sched.set_timesteps(sigmas=scheduler_sigmas(sched, ISSUE_FLOW_SIGMAS))
+    assert sched.sigmas.tolist() == pytest.approx(ISSUE_FLOW_SIGMAS[:-1] + [0.0], abs=1e-6)
+    assert len(sched.timesteps) == 4
+    set_indis_sigmas(sched, ISSUE_FLOW_SIGMAS)
+    assert sched.sigmas.tolist() == pytest.approx(ISSUE_FLOW_SIGMAS, abs=1e-6)  # ends at t0 as INDIS
+
+
+def test_flux_dynamic_shifting_scheduler(diffusers):
+    """A FLUX-style scheduler (use_dynamic_shifting) failed with "`mu` must be passed": set_indis_sigmas gives it the
+    identity mu; for a pipeline (which computes mu from the image size) scheduler_sigmas pre-images under that mu."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from indis.export.sigmas import scheduler_sigmas, set_indis_sigmas
+
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
+                                                      max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    set_indis_sigmas(sched, ISSUE_FLOW_SIGMAS)
+    assert sched.sigmas.tolist() == pytest.approx(ISSUE_FLOW_SIGMAS, abs=1e-6)
+    with pytest.raises(ValueError, match="image_seq_len"):
+        scheduler_sigmas(sched, ISSUE_FLOW_SIGMAS)
+    tokens = 32 * 32
+    pre = scheduler_sigmas(sched, ISSUE_FLOW_SIGMAS, image_seq_len=tokens)
+    sched.set_timesteps(sigmas=pre, mu=calculate_shift(tokens, 256, 4096, 0.5, 1.15))  # what FluxPipeline does
+    assert sched.sigmas[:-1].tolist() == pytest.approx(ISSUE_FLOW_SIGMAS[:-1], abs=1e-6)
+
+
+def test_euler_and_edm_euler_lengths(diffusers):
+    """EulerDiscreteScheduler takes N+1 sigmas and runs N steps (an N-value list ran N-1); EDMEulerScheduler reads
+    ramp positions (INDIS's [80, 10, 1, 0.1] read as a ramp gave -2.6e14), so it gets the ramp that gives them."""
+    from indis.export.sigmas import scheduler_sigmas, set_indis_sigmas
+
+    edm = [80.0, 10.0, 1.0, 0.1, 0.002]
+    euler = diffusers.EulerDiscreteScheduler()
+    euler.set_timesteps(sigmas=scheduler_sigmas(euler, edm))
+    assert len(euler.timesteps) == 4 and euler.sigmas.tolist() == pytest.approx(edm, rel=1e-6)
+    ed = diffusers.EDMEulerScheduler()
+    ramp = scheduler_sigmas(ed, edm)
+    assert len(ramp) == 4 and ramp[0] == pytest.approx(0.0, abs=1e-12)
+    set_indis_sigmas(ed, edm)
+    assert len(ed.timesteps) == 4 and ed.sigmas.tolist() == pytest.approx(edm, rel=1e-5)
+    with pytest.raises(ValueError, match="sigma_schedule='karras'"):
+        scheduler_sigmas(diffusers.EDMEulerScheduler(sigma_schedule="exponential"), edm)
+
+
+def test_unsupported_schedulers_are_refused(diffusers):
+    from indis.export.sigmas import scheduler_sigmas, set_indis_sigmas
+
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler: INDIS can fill the sigmas of"):
+        scheduler_sigmas(diffusers.DPMSolverMultistepScheduler(), [80.0, 1.0, 0.002])
+    with pytest.raises(ValueError, match="use_karras_sigmas=True re-derives"):
+        set_indis_sigmas(diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), ISSUE_FLOW_SIGMAS)
+    with pytest.raises(ValueError, match="shift_terminal"):
+        scheduler_sigmas(diffusers.FlowMatchEulerDiscreteScheduler(shift_terminal=0.1), ISSUE_FLOW_SIGMAS)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        scheduler_sigmas(diffusers.FlowMatchEulerDiscreteScheduler(), [80.0, 1.0, 0.002])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        scheduler_sigmas(diffusers.EulerDiscreteScheduler(), [1.0, 2.0, 0.5])
+
+
+def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
+    """End to end on SD3 with its own shift-3 scheduler: per-seed INDIS sigmas, set_indis_sigmas, diffusers' loop
+    equals INDIS's Euler sampler through the adapter."""
+    from indis import sample
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+    from indis.export.sigmas import set_indis_sigmas
+
+    model = tiny_sd3(diffusers, seed=4)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    bb = DiffusersAdapter.from_pretrained(model, scheduler=sched, text_seq_len=5)
+    ehs, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
+    g = torch.Generator().manual_seed(5)
+    for ts in ([0.988, 0.9475, 0.7209, 0.1513, 0.002], [0.97, 0.8, 0.5, 0.3, 0.1, 0.002]):
+        x_T = torch.randn(1, 4, 8, 8, generator=g)
+        set_indis_sigmas(sched, ts)
+        x = x_T
+        with torch.no_grad():
+            for t in sched.timesteps:
+                v = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=ehs, pooled_projections=pooled).sample
+                x = sched.step(v, t, x).prev_sample
+            want = sample(bb, x_T, torch.tensor(ts), solver="euler", cond=pack_text_cond(ehs, pooled))
+        assert (x - want).abs().max() < 1e-4
