@@ -577,3 +577,21 @@ def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
                 x = sched.step(v, t, x).prev_sample
             want = sample(bb, x_T, torch.tensor(ts), solver="euler", cond=pack_text_cond(ehs, pooled))
         assert (x - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_text_families_export_to_onnx(diffusers, family):
+    """SDXL (added conditions) and SD3 adapters trace into ONNX with a dynamic batch and agree with torch."""
+    pytest.importorskip("onnxruntime")
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
+
+    if family == "sdxl":
+        bb = DiffusersAdapter.from_pretrained(tiny_unet_cond(diffusers, sdxl=True),
+                                              scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), text_seq_len=5)
+    else:
+        bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                              text_seq_len=5)
+    module, spec = BackboneForExport(bb.eval()), backbone_spec(bb)
+    errs = compare_with_torch(module, spec, export_bytes(module, spec))
+    assert max(errs.values()) < 1e-4, errs
