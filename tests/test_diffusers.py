@@ -595,3 +595,33 @@ def test_text_families_export_to_onnx(diffusers, family):
     module, spec = BackboneForExport(bb.eval()), backbone_spec(bb)
     errs = compare_with_torch(module, spec, export_bytes(module, spec))
     assert max(errs.values()) < 1e-4, errs
+
+
+def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):
+    """--backbone diffusers:PATH through the whole workflow on a DDPM pipeline folder (v_prediction, scaled_linear):
+    teacher -> train -> export (with per-seed sigmas for EulerDiscreteScheduler) -> sample from the export folder."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from indis.cli import main
+
+    sched = diffusers.DDIMScheduler(prediction_type="v_prediction", **SD_SCHED)
+    diffusers.DDPMPipeline(unet=tiny_unet(diffusers, channels=1), scheduler=sched).save_pretrained(str(tmp_path / "pipe"))
+    d, spec = str(tmp_path), f"diffusers:{tmp_path / 'pipe'}"
+    common = ["--backbone", spec, "--no-progress", "--threads", "1"]
+    assert main(["teacher", *common, "--out", f"{d}/t", "--count", "16", "--steps", "8"]) == 0
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "3",
+                 "--batch-size", "8", "--hidden", "16", "--conv-width", "8"]) == 0
+    assert main(["export", "--backbone", spec, "--predictor", f"{d}/r/predictor.safetensors", "--out", f"{d}/e",
+                 "--sigmas-seeds", "0-2"]) == 0
+    doc = json.loads((tmp_path / "e" / "sigmas.json").read_text())
+    assert doc["version"] == 2 and doc["process"]["name"] == "vp_linear"
+    for row in doc["samples"]:
+        assert row["diffusers"]["scheduler"] == "EulerDiscreteScheduler" and len(row["diffusers"]["sigmas"]) == 4
+    from indis.native import native_available
+
+    for backend in ("ort", "native") if native_available() else ("ort",):
+        assert main(["sample", "--engines", f"{d}/e", "--backend", backend, "--seeds", "0-3",
+                     "--out", f"{d}/s_{backend}.png"]) == 0
+        assert (tmp_path / f"s_{backend}.png").is_file()
+    capsys.readouterr()
