@@ -218,6 +218,8 @@ def test_load_save_pretrained_model_folder(diffusers, tmp_path):
         assert torch.equal(bb(x, t), ref(x, t))
     cli = resolve_backbone(f"diffusers:{tmp_path / 'unet'}")
     assert cli.backbone_id == bb.backbone_id and not cli.training
+    with pytest.raises(FileNotFoundError, match="looks like a diffusers folder.*--backbone diffusers:"):
+        resolve_backbone(str(tmp_path / "unet"))  # was: "missing backbone file unet/model.safetensors"
     # a scheduler_config.json beside the model's config is used
     diffusers.DDIMScheduler(prediction_type="v_prediction").save_pretrained(str(tmp_path / "unet"))
     assert DiffusersAdapter.from_pretrained(str(tmp_path / "unet")).model_prediction_type == "v_prediction"
