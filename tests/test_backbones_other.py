@@ -196,11 +196,11 @@ def test_diffusers_unet_adapter(tmp_path, diffusers):
         want = unet(x, torch.tensor([100.0, 500.0, 900.0])).sample
     assert torch.allclose(out, want, atol=1e-5)
     unet.save_pretrained(str(tmp_path / "unet"))
-    re = DiffusersAdapter.from_pretrained_dir(str(tmp_path / "unet"), data_shape=(2, 8, 8), process="vp_linear",
-                                              prediction_type="eps", timestep_scale=1000.0)
+    re = DiffusersAdapter.from_pretrained(str(tmp_path / "unet"), data_shape=(2, 8, 8), process="vp_linear",
+                                          prediction_type="eps", timestep_scale=1000.0)
     assert re.backbone_id == bb.backbone_id
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        DiffusersAdapter.from_pretrained_dir("stabilityai/sd3", data_shape=(2, 8, 8))
+        DiffusersAdapter.from_pretrained("stabilityai/sd3", data_shape=(2, 8, 8))
 
 
 def test_diffusers_sd3_transformer_adapter(diffusers):

@@ -468,19 +468,18 @@ class DiffusersAdapter(Backbone):
                     raise ValueError(f"{path}/model_index.json lists no denoiser (a `transformer` or `unet` component); "
                                      f"its components: {sorted(k for k in index if not k.startswith('_'))}")
             model = _load_component(diffusers, path, subfolder, torch_dtype)
-            if scheduler is None:
-                for cand in ([os.path.join(path, "scheduler", "scheduler_config.json")] if index is not None else
-                             [os.path.join(path, subfolder or "", "scheduler_config.json")]
-                             + ([os.path.join(path, "scheduler", "scheduler_config.json")] if subfolder else [])):
-                    if os.path.isfile(cand):
-                        scheduler = cand
-                        break
+            if scheduler is None:  # the pipeline's scheduler/, else one beside the model's config (or in ../scheduler)
+                pipeline_sched = os.path.join(path, "scheduler", "scheduler_config.json")
+                cands = [pipeline_sched] if index is not None else \
+                    [os.path.join(path, subfolder or "", "scheduler_config.json")] + ([pipeline_sched] if subfolder else [])
+                scheduler = next((c for c in cands if os.path.isfile(c)), None)
             if load_vae and index is not None and _component_class(index.get("vae")):
                 vae = _load_component(diffusers, path, "vae", torch_dtype)
         elif isinstance(source, torch.nn.Module):
             model = source
         else:
-            model = getattr(source, "transformer", None) or getattr(source, "unet", None)
+            model = getattr(source, "transformer", None)
+            model = getattr(source, "unet", None) if model is None else model
             if not isinstance(model, torch.nn.Module):
                 raise ValueError(f"{type(source).__name__} has no `transformer` or `unet` denoiser; pass a diffusers "
                                  "pipeline, model, or a local pipeline / model folder")
@@ -499,11 +498,6 @@ class DiffusersAdapter(Backbone):
         bb = cls(model, scheduler=scheduler, **args)
         bb.vae = vae
         return bb
-
-    @classmethod
-    def from_pretrained_dir(cls, path: str, subfolder: Optional[str] = None, **kwargs) -> "DiffusersAdapter":
-        """from_pretrained for a local folder (kept for existing callers)."""
-        return cls.from_pretrained(os.fspath(path), subfolder=subfolder, **kwargs)
 
     @property
     def vae(self):
