@@ -225,6 +225,18 @@ def test_load_save_pretrained_model_folder(diffusers, tmp_path):
     assert DiffusersAdapter.from_pretrained(str(tmp_path / "unet")).model_prediction_type == "v_prediction"
 
 
+def test_class_conditional_unet(diffusers):
+    """A UNet2DModel with a class embedding table: n_classes from its config, labels passed as class_labels."""
+    from indis.backbones.diffusers import DiffusersAdapter
+
+    unet = tiny_unet(diffusers, num_class_embeds=3)
+    bb = DiffusersAdapter.from_pretrained(unet)
+    assert bb.cond_spec.kind == "class" and bb.cond_spec.dim == 3
+    x, t, labels = torch.randn(3, 2, 8, 8), torch.tensor([0.9, 0.5, 0.1]), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        assert (bb(x, t, labels) - unet(x, bb.model_timesteps(t), class_labels=labels).sample).abs().max() < 1e-5
+
+
 def test_load_ddpm_pipeline_folder_and_object(diffusers, tmp_path):
     """A pipeline folder (model_index.json, unet/, scheduler/): the scheduler config gives the discrete schedule and
     the prediction type; the pipeline object gives the same backbone."""

@@ -269,6 +269,8 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
         out["data_shape"] = (int(get("in_channels")), int(h), int(w))
+    if kind == "unet" and get("num_class_embeds") and get("class_embed_type") is None:
+        out["n_classes"] = int(get("num_class_embeds"))  # an embedding table of class labels
     if kind == "transformer":  # SD3: CLIP-L/G (77 tokens) + T5 (256 tokens) joint sequence, pooled CLIP-L+G
         out.update(text_seq_len=77 + 256, text_dim=int(get("joint_attention_dim")),
                    pooled_dim=int(get("pooled_projection_dim")))
