@@ -227,6 +227,10 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     # torch is pinned (2.13.0) in the install instructions, not here: a pin
     # here would break environments that already ship another torch.
+    # lpips is not listed: it depends on torchvision, whose PyPI build cannot load beside a CPU-only torch and
+    # then breaks diffusers' model imports. INDIS only reads the linear-layer weight files that ship inside the
+    # lpips package (indis/training/losses.py), so the install command adds it without its dependencies:
+    # `pip install --no-deps lpips==0.1.4` (README.md).
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -236,15 +240,16 @@ setup(
         "onnx",
         "onnxruntime-gpu",
         "pybind11",
-        "lpips",
         "scipy",
         "scikit-learn",
     ],
     extras_require={
-        # diffusers: the adapter and the worked export example are tested with tiny random models (no download)
-        "test": ["pytest", "diffusers"],
+        # diffusers: the adapter and the worked export example are tested with tiny random models (no download);
+        # transformers: diffusers' text pipelines (StableDiffusion*, Flux) import their text encoders from it.
+        # Neither depends on torch or torchvision.
+        "test": ["pytest", "diffusers>=0.32", "transformers>=4.47"],
         "tensorrt": ["tensorrt"],
-        "diffusers": ["diffusers"],
+        "diffusers": ["diffusers>=0.32", "transformers>=4.47"],
     },
     entry_points={"console_scripts": ["indis = indis.cli:main"]},
     zip_safe=False,

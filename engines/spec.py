@@ -5,6 +5,8 @@
                           with random weights from SEED (default 0): for export and latency checks without a
                           checkpoint; the same seed gives the same weights and the same backbone id
   DIR or FILE.json        a backbone written by `indis convert-edm` / indis.backbones.convert.save_backbone
+  diffusers:PATH          a local diffusers pipeline folder or save_pretrained model folder
+                          (indis.backbones.diffusers.DiffusersAdapter.from_pretrained; never downloads)
   ideal                   the ideal (empirical) denoiser of the digits training split
   gmm-image               a small image-like Gaussian mixture (indis.training.demo.ImageGMM), for tests and demos
   module:function         any importable factory returning a Backbone
@@ -44,6 +46,10 @@ def resolve_backbone(spec: str):
         from ..training.demo import ImageGMM
 
         return ImageGMM().eval()
+    if spec.startswith("diffusers:"):
+        from ..backbones.diffusers import DiffusersAdapter
+
+        return DiffusersAdapter.from_pretrained(spec[len("diffusers:"):]).eval()
     if ":" in spec:
         import importlib
 
@@ -54,4 +60,4 @@ def resolve_backbone(spec: str):
             raise ValueError(f"backbone spec {spec!r}: cannot import {fn} from {mod}: {e}") from e
         return factory().eval()
     raise ValueError(f"unknown backbone spec {spec!r}; use bundled, ideal, gmm-image, edm:PRESET[:SEED], "
-                     "a folder from `indis convert-edm`, or module:function")
+                     "a folder from `indis convert-edm`, diffusers:PATH, or module:function")

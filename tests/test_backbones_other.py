@@ -187,7 +187,8 @@ def test_diffusers_unet_adapter(tmp_path, diffusers):
     unet = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
-    bb = DiffusersAdapter(unet, (2, 8, 8), process="vp_linear", prediction_type="eps")
+    # a continuous-time model called at t * 1000 (DDPM-style discrete models: tests/test_diffusers.py)
+    bb = DiffusersAdapter(unet, (2, 8, 8), process="vp_linear", prediction_type="eps", timestep_scale=1000.0)
     assert bb.kind == "unet" and bb.cond_spec.kind == "none"
     x = torch.randn(3, 2, 8, 8)
     with torch.no_grad():
@@ -195,11 +196,11 @@ def test_diffusers_unet_adapter(tmp_path, diffusers):
         want = unet(x, torch.tensor([100.0, 500.0, 900.0])).sample
     assert torch.allclose(out, want, atol=1e-5)
     unet.save_pretrained(str(tmp_path / "unet"))
-    re = DiffusersAdapter.from_pretrained_dir(str(tmp_path / "unet"), data_shape=(2, 8, 8), process="vp_linear",
-                                              prediction_type="eps")
+    re = DiffusersAdapter.from_pretrained(str(tmp_path / "unet"), data_shape=(2, 8, 8), process="vp_linear",
+                                          prediction_type="eps", timestep_scale=1000.0)
     assert re.backbone_id == bb.backbone_id
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        DiffusersAdapter.from_pretrained_dir("stabilityai/sd3", data_shape=(2, 8, 8))
+        DiffusersAdapter.from_pretrained("stabilityai/sd3", data_shape=(2, 8, 8))
 
 
 def test_diffusers_sd3_transformer_adapter(diffusers):

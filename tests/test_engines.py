@@ -151,7 +151,10 @@ def test_sigmas_json(folders, tmp_path):
     rows = doc["samples"]
     assert [r["seed"] for r in rows] == [0, 1, 2] and doc["nfe"] == 4
     for r in rows:
-        assert len(r["sigmas"]) == 5 and len(r["diffusers_sigmas"]) == 4 and r["sigmas"][:4] == r["diffusers_sigmas"]
+        # EDM: the list for EulerDiscreteScheduler, which takes all N+1 values and ends at t0
+        d = r["diffusers"]
+        assert len(r["sigmas"]) == 5 and d["scheduler"] == "EulerDiscreteScheduler" and d["sigmas"] == r["sigmas"]
+        assert d["steps"] == 4 and d["terminal"] == r["sigmas"][-1]
         assert r["sigmas"] == pytest.approx(r["timesteps"])  # EDM: sigma = t
         assert r["sigmas"][0] == pytest.approx(80.0) and r["sigmas"][-1] == pytest.approx(0.002)
     assert max(abs(a - b) for a, b in zip(rows[0]["sigmas"], rows[1]["sigmas"])) > 1e-3  # per sample
@@ -183,8 +186,9 @@ def test_diffusers_worked_example():
     doc = schedules_for_seeds(model, bb, seeds)
     x_T, _ = draw(seeds, bb.data_shape, bb.process.prior_std())
     for i, row in enumerate(doc["samples"]):
+        assert row["diffusers"]["scheduler"] == "FlowMatchEulerDiscreteScheduler" and row["diffusers"]["config"]["shift"] == 1.0
         sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
-        sched.set_timesteps(sigmas=row["diffusers_sigmas"])
+        sched.set_timesteps(sigmas=row["diffusers"]["sigmas"])  # N values; the scheduler appends 0
         assert len(sched.timesteps) == 4
         x = x_T[i: i + 1]
         with torch.no_grad():

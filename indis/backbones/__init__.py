@@ -2,7 +2,8 @@
 from .base import Backbone, CondSpec, check_backbone_id, stable_hash
 from .edm import PRESETS as EDM_PRESETS, EDMBackbone
 from .edm_nets import DhariwalUNet, EDMPrecond, SongUNet
-from .flow import DiffusersAdapter, FlowMLPBackbone
+from .diffusers import DiffusersAdapter
+from .flow import FlowMLPBackbone
 from .gmm import GMMBackbone, exact_gaussian_flow, gaussian_backbone
 from .ideal import IdealDenoiser
 

@@ -305,6 +305,19 @@ def save_backbone(backbone: EDMBackbone, out_dir: str, source: Optional[str] = N
     return cfg
 
 
+def _is_diffusers_folder(path: str) -> bool:
+    """A diffusers pipeline folder (model_index.json) or save_pretrained model folder (config.json naming a
+    diffusers `_class_name`, or diffusers' weight file)."""
+    if os.path.isfile(os.path.join(path, "model_index.json")) or \
+            os.path.isfile(os.path.join(path, "diffusion_pytorch_model.safetensors")):
+        return True
+    try:
+        with open(os.path.join(path, CONFIG_NAME)) as f:
+            return "_class_name" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def load_backbone(path: str, compute_dtype: Optional[str] = None, check_id: bool = True,
                   weights: Optional[str] = None) -> EDMBackbone:
     """Rebuild an EDMBackbone from a directory written by save_backbone (or a config .json whose weights file
@@ -320,6 +333,9 @@ def load_backbone(path: str, compute_dtype: Optional[str] = None, check_id: bool
         w_path = weights
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
+            if os.path.isdir(path) and _is_diffusers_folder(path):
+                raise FileNotFoundError(f"{path} looks like a diffusers folder, not an INDIS backbone folder; name it "
+                                        f"as --backbone diffusers:{path} (DiffusersAdapter.from_pretrained)")
             raise FileNotFoundError(f"missing backbone file {p}")
     with open(cfg_path) as f:
         cfg = json.load(f)

@@ -74,7 +74,9 @@ def lpips_linear_weights_path(net: str) -> Path:
     """lpips/weights/v0.1/<net>.pth inside the installed lpips package (found without importing it)."""
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("LPIPS needs the `lpips` package for its calibrated linear layers: pip install lpips")
+        raise ImportError("LPIPS needs the `lpips` package for its calibrated linear layers; install it without its "
+                          "dependencies (they include a torchvision that breaks diffusers on CPU-only torch): "
+                          "pip install --no-deps lpips==0.1.4")
     p = Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
     if not p.is_file():
         raise FileNotFoundError(f"the lpips package has no linear-layer weights at {p}")
