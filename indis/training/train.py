@@ -5,6 +5,7 @@ Methods (TrainConfig.method):
   indis   the instance-aware predictor (indis.predictor.Predictor)
   god     one global {tau, dtau, gamma} (GlobalDiscretization)
   ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+  gits, dmn, sdm  training-free peers (indis.baselines): searched over solvers and AFS, not trained
 Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the condition), no_shift (b_dtau = 0),
 no_scale (b_gamma = 0), no_cond (phi does not see the condition).
 
@@ -49,7 +50,8 @@ from .losses import get_distance, mse
 from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
 
 Tensor = torch.Tensor
-METHODS = ("indis", "god", "ld3")
+PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
+METHODS = ("indis", "god", "ld3") + PEER_METHODS
 
 
 @dataclass
@@ -87,6 +89,10 @@ class TrainConfig:
     state_dtype: str = "float32"  # solver state
     ld3_ball: float = 0.001  # LD3 soft-ball radius factor (0: off)
     eval_batch_size: int = 256
+    pilots: int = 128  # peers (gits/dmn/sdm): pilot samples from the training split
+    peer_solvers: str = "ipndm,dpmpp_2m,unipc"  # peers: solvers searched (best on the validation split)
+    peer_afs: str = "both"  # peers: analytical first step off | on | both (best of)
+    peer_options: str = ""  # peers: JSON object of method options (e.g. {"grid_steps": 60} for gits)
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":
@@ -105,6 +111,17 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         parse_dtype(self.backbone_dtype)
         parse_dtype(self.state_dtype)
+        if self.method in PEER_METHODS:
+            from ..baselines.search import parse_afs, parse_solvers
+
+            parse_afs(self.peer_afs)
+            parse_solvers(self.peer_solvers)
+            if self.pilots < 1:
+                raise ValueError(f"pilots must be positive, got {self.pilots}")
+            if self.peer_options:
+                opts = json.loads(self.peer_options)
+                if not isinstance(opts, dict):
+                    raise ValueError(f"peer_options must be a JSON object, got {self.peer_options!r}")
 
 
 class FixedDiscretization(nn.Module):
@@ -134,6 +151,8 @@ def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
 def build_model(cfg: TrainConfig, backbone) -> nn.Module:
     """The learnable discretization for a config (untrained, starting at cfg.init_schedule)."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        raise ValueError(f"{cfg.method} is a training-free peer: train() searches it (indis.baselines.search), build_model has nothing to build")
     proc = backbone.process
     cs = getattr(backbone, "cond_spec", CondSpec())
     param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
@@ -169,8 +188,11 @@ def student_backbone(backbone, cfg_scale: float = 1.0, dtype: str = "float32"):
 
 
 def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_dtype=torch.float32, checkpoint=False):
-    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve."""
+    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve. A model with a
+    `sampling` method (indis.baselines.PeerSchedule) replaces solver, order and backbone by its own choices."""
     disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
+    if hasattr(model_or_disc, "sampling"):  # a method with its own solver, per-step orders or AFS (indis.baselines)
+        solver, order, backbone = model_or_disc.sampling(solver, order, backbone)
     return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
 
 
@@ -257,6 +279,10 @@ def train(
     stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any.
     on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        from ..baselines.search import train_peer
+
+        return train_peer(backbone, teacher, cfg, out_dir, log=log, device=device, on_done=on_done)
     rank, world = _dist()
     out = Path(out_dir)
     if cfg.batch_size % world:
