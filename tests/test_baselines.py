@@ -241,3 +241,19 @@ def test_best_heuristic_searches_schedules_and_solvers(gmm, teacher):
     best = min(rep["scores"], key=lambda r: r["mse"])
     assert (model.solver_name, rep["name"]) == (best["solver"], best["name"])
     assert model.method == f"heuristic:{best['name']}"
+
+
+def test_export_uses_the_peer_solver_and_refuses_what_engines_cannot_run(tmp_path):
+    from indis.export.pipeline import export_folder
+    from indis.training.demo import ImageGMM
+
+    bb = ImageGMM(channels=1, res=8, components=3)
+    m = peer_schedule(bb, get_schedule("logsnr", bb.process, 3), solver="dpmpp_2m", method="gits")
+    msgs = []
+    man = export_folder(m, bb, tmp_path / "e", backbone_spec_str="gmm-image", profile={"min": 1, "opt": 2, "max": 4}, log=msgs.append)
+    assert man["solver"] == "dpmpp_2m" and man["nfe"] == 3 and any("dpmpp_2m" in s for s in msgs)
+    back, _ = load_predictor(tmp_path / "e" / "predictor.safetensors")
+    assert isinstance(back, PeerSchedule) and back.solver_name == "dpmpp_2m"
+    for bad in (peer_schedule(bb, m.timesteps, afs=True), peer_schedule(bb, m.timesteps, orders=[1, 4, 4])):
+        with pytest.raises(ValueError, match="engines do not implement"):
+            export_folder(bad, bb, tmp_path / "f", backbone_spec_str="gmm-image", log=lambda *a: None)
