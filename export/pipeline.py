@@ -55,6 +55,9 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     Returns the manifest. The caller's modules are left in the training/eval mode they came in."""
     from ..solvers import get_solver
 
+    if getattr(model, "runs_sampler", False):
+        raise ValueError(f"{type(model).__name__} runs its own sampler (a network inside every step), which the exported "
+                         "engines do not implement; sample it with PyTorch (indis eval / indis sample)")
     if hasattr(model, "sampling_info"):  # a peer schedule (indis.baselines) carries the solver it was selected with
         info = model.sampling_info()
         if info["afs"] or info["orders"] is not None:

@@ -183,6 +183,10 @@ def build_from_config(cfg: Dict) -> nn.Module:
         from .training.train import FixedDiscretization
 
         return FixedDiscretization(param, torch.zeros(param.nfe + 1, dtype=torch.float64), cond_spec=cond_spec, **cfg)
+    if kind == "AMEDPlugin":
+        from .baselines.amed import AMEDPlugin
+
+        return AMEDPlugin(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec, **cfg)
     if kind == "PeerSchedule":
         from .baselines.common import PeerSchedule
 

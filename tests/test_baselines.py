@@ -257,3 +257,60 @@ def test_export_uses_the_peer_solver_and_refuses_what_engines_cannot_run(tmp_pat
     for bad in (peer_schedule(bb, m.timesteps, afs=True), peer_schedule(bb, m.timesteps, orders=[1, 4, 4])):
         with pytest.raises(ValueError, match="engines do not implement"):
             export_folder(bad, bb, tmp_path / "f", backbone_spec_str="gmm-image", log=lambda *a: None)
+
+
+# ------------------------------------------------------------------------------------------------ AMED-Plugin
+def _amed(bb, nfe, seed=None):
+    from indis.baselines.amed import AMEDPlugin, amed_steps
+    from indis.discretization import DiscretizationParam
+
+    k, afs = amed_steps(nfe)
+    m = AMEDPlugin(DiscretizationParam(bb.process, k, b_dtau=0.0, b_gamma=0.0), get_schedule("polynomial", bb.process, k),
+                   bb.data_shape, nfe=nfe, hidden=16).double()
+    if seed is not None:
+        torch.manual_seed(seed)
+        torch.nn.init.normal_(m.heads.weight, std=0.5)
+    assert m.afs == afs
+    return m
+
+
+@pytest.mark.parametrize("nfe", [4, 5, 6])
+def test_untrained_amed_is_ipndm_on_the_grid_with_geometric_midpoints(gmm, pilots, nfe):
+    m = _amed(gmm, nfe)
+    c = m.timesteps
+    fine = torch.stack([c[:-1], torch.sqrt(c[:-1] * c[1:])], 1).flatten()
+    fine = torch.cat([fine, c[-1:]])
+    w = AnalyticFirstStep(gmm)
+    ref = sample(w if m.afs else gmm, pilots, fine, solver="ipndm")
+    with torch.no_grad():
+        out = solve(m, gmm, pilots, None, state_dtype=torch.float64)
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9)
+    assert (w.network_calls if m.afs else nfe) == nfe
+    assert m.sampling_info()["network_calls"] == nfe
+
+
+def test_amed_outputs_stay_in_their_ranges_and_roundtrip(tmp_path, gmm, pilots):
+    m = _amed(gmm, 5, seed=0)
+    s = torch.full((pilots.shape[0],), 3.0, dtype=torch.float64)
+    r, c, a = m.outputs(pilots, pilots / 80, s, s / 2)
+    assert ((r > 0) & (r < 1)).all() and ((c - 1).abs() <= 0.01).all() and ((a - 1).abs() <= 0.2).all() and r.std() > 0
+    m = m.float()  # the predictor format stores the module's float32 weights
+    save_predictor(tmp_path / "a.safetensors", m, {"nfe": 5})
+    m2, meta = load_predictor(tmp_path / "a.safetensors")
+    with torch.no_grad():
+        assert torch.equal(solve(m2, gmm, pilots, None, state_dtype=torch.float64), solve(m, gmm, pilots, None, state_dtype=torch.float64))
+    from indis.export.pipeline import export_folder
+
+    with pytest.raises(ValueError, match="runs its own sampler"):
+        export_folder(m2, gmm, tmp_path / "e", log=lambda *a: None)
+
+
+def test_amed_trains_with_the_existing_loop(tmp_path, gmm, teacher):
+    cfg = TrainConfig(method="amed", nfe=4, steps=30, batch_size=16, lr=1e-2, val_every=10, ckpt_every=30, hidden=16,
+                      val_fraction=0.25)
+    meta = train(gmm, teacher, cfg, tmp_path / "amed", progress=False)
+    assert meta["metrics"]["best_val"] < meta["metrics"]["initial_val"]
+    model, m2 = load_predictor(tmp_path / "amed" / "predictor.safetensors", gmm.backbone_id)
+    assert m2["nfe"] == 4 and type(model).__name__ == "AMEDPlugin"
+    rows = evaluate_methods(gmm, teacher, {"amed": {4: model}})
+    assert rows[0]["solver"] == "ipndm+amed" and rows[0]["network_calls"] == 4

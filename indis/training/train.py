@@ -5,6 +5,8 @@ Methods (TrainConfig.method):
   indis   the instance-aware predictor (indis.predictor.Predictor)
   god     one global {tau, dtau, gamma} (GlobalDiscretization)
   ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+  amed    AMED-Plugin on iPNDM (indis.baselines.amed): a small network predicting each coarse step's intermediate
+          point and scales, trained by this loop (NFE even: 2K calls; odd: 2K - 1 with AFS)
   gits, dmn, sdm  training-free peers (indis.baselines): searched over solvers and AFS, not trained
 Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the condition), no_shift (b_dtau = 0),
 no_scale (b_gamma = 0), no_cond (phi does not see the condition).
@@ -51,7 +53,7 @@ from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
 
 Tensor = torch.Tensor
 PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
-METHODS = ("indis", "god", "ld3") + PEER_METHODS
+METHODS = ("indis", "god", "ld3", "amed") + PEER_METHODS
 
 
 @dataclass
@@ -158,6 +160,12 @@ def build_model(cfg: TrainConfig, backbone) -> nn.Module:
     param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
                                 b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
     init = get_schedule(cfg.init_schedule, proc, cfg.nfe)
+    if cfg.method == "amed":
+        from ..baselines.amed import AMEDPlugin, amed_steps
+
+        k, _ = amed_steps(cfg.nfe)
+        return AMEDPlugin(DiscretizationParam(proc, k, b_dtau=0.0, b_gamma=0.0), get_schedule(cfg.init_schedule, proc, k),
+                          backbone.data_shape, cs, nfe=cfg.nfe, hidden=cfg.hidden, conv_width=cfg.conv_width)
     if cfg.method == "ld3":
         return LD3Discretization(param, init, backbone.data_shape, cs, use_shift=not cfg.no_shift)
     if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
@@ -191,6 +199,8 @@ def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_
     """x0 of the student: the discretization of model(x_T, cond), then the few-step solve. A model with a
     `sampling` method (indis.baselines.PeerSchedule) replaces solver, order and backbone by its own choices."""
     disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
+    if getattr(model_or_disc, "runs_sampler", False):  # a plugin sampler (AMED) runs the solve itself
+        return model_or_disc(x_T, cond, backbone, state_dtype=state_dtype, checkpoint=checkpoint)
     if hasattr(model_or_disc, "sampling"):  # a method with its own solver, per-step orders or AFS (indis.baselines)
         solver, order, backbone = model_or_disc.sampling(solver, order, backbone)
     return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
@@ -369,8 +379,11 @@ def train(
         x_T, cond, x0s = teacher.batch(idx, dev, sd)
         if use_ball:
             x_T = (z[lpos] * teacher.prior_std).to(dev, sd).requires_grad_(True)
-        disc = ddp(x_T, cond)
-        x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        if getattr(model, "runs_sampler", False):  # AMED-Plugin: its forward is the solve
+            x0 = ddp(x_T, cond, net, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        else:
+            disc = ddp(x_T, cond)
+            x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
         per = distance(x0, x0s)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
