@@ -116,15 +116,20 @@ def brute_force_path(cost: Tensor, steps: int, gamma: float = 1.0) -> Tuple[List
 
 @torch.no_grad()
 def gits_schedule(backbone, x_T: Tensor, cond, steps: int, grid_steps: int = 60, grid: str = "polynomial",
-                  metric: str = "dev", gamma: float = 1.15, teacher_solver: str = "ipndm", afs: bool = False) -> Tuple[Tensor, Dict]:
+                  metric: str = "dev", gamma: float = 1.15, teacher_solver: str = "ipndm", afs: bool = False,
+                  pilot: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Dict]:
     """GITS's schedule of `steps` steps for a backbone from pilot noises x_T [P, ...] (cond: their condition):
-    (timesteps [steps + 1] float64, info with the grid, the chosen indices, the cost matrix and the path cost)."""
+    (timesteps [steps + 1] float64, info with the grid, the chosen indices, the cost matrix, the path cost and the
+    pilot trajectory, which a further call with other steps / AFS can reuse through `pilot`)."""
     if grid_steps < steps:
         raise ValueError(f"GITS needs a fine grid of at least as many intervals as steps ({steps}), got {grid_steps}")
     proc = backbone.process
     g = get_schedule(grid, proc, grid_steps)
-    states, eps = pilot_trajectory(backbone, x_T, cond, g, solver=teacher_solver)
+    fresh = pilot is None
+    states, eps = pilot_trajectory(backbone, x_T, cond, g, solver=teacher_solver) if fresh else pilot
+    if states.shape[0] != grid_steps + 1:
+        raise ValueError(f"the given pilot trajectory has {states.shape[0]} states, the grid {grid_steps + 1} points")
     c = cost_matrix(proc, g, states, eps, metric, afs)
     path, val = dp_path(c, steps, gamma)
     return g[path].clone(), {"grid": g.tolist(), "path": path, "path_cost": val, "cost": c, "pilots": int(x_T.shape[0]),
-                             "search_nfe": int(x_T.shape[0]) * grid_steps}
+                             "search_nfe": int(x_T.shape[0]) * grid_steps if fresh else 0, "pilot": (states, eps)}

@@ -66,12 +66,10 @@ class _Candidates:
         if m.startswith("heuristic:"):
             ts, info = get_schedule(m.split(":", 1)[1], self.bb.process, steps), {}
         elif m == "gits":
-            key = ("gits", afs)
-            if key not in self._cache:
-                self._cache[key] = gits.gits_schedule(self.bb, self.x_T, self.cond, steps, afs=afs, **o)
-                self.search_nfe += self._cache[key][1]["search_nfe"]
-            ts, full = self._cache[key]
-            info = {k: v for k, v in full.items() if k not in ("cost", "grid")}
+            ts, full = gits.gits_schedule(self.bb, self.x_T, self.cond, steps, afs=afs, pilot=self._cache.get("gits_pilot"), **o)
+            self._cache["gits_pilot"] = full["pilot"]  # one pilot run serves every AFS setting
+            self.search_nfe += full["search_nfe"]
+            info = {k: v for k, v in full.items() if k not in ("cost", "grid", "pilot")}
         elif m == "dmn":
             key = ("dmn", steps)
             if key not in self._cache:
