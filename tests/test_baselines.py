@@ -228,6 +228,7 @@ def test_train_method_searches_solvers_and_afs_and_evaluates_with_them(tmp_path,
     assert len(rep["candidates"]) == 6 and {(c["solver"], c["afs"]) for c in rep["candidates"]} == {
         (s, a) for s in ("ipndm", "dpmpp_2m", "unipc") for a in (False, True)}
     assert rep["best_val"] == min(c["distance"] for c in rep["candidates"])
+    assert meta["metrics"]["initial_val"] > 0  # the polynomial schedule with iPNDM, the trained methods' start
     model, m2 = load_predictor(tmp_path / method / "predictor.safetensors", gmm.backbone_id)
     assert isinstance(model, PeerSchedule) and m2["nfe"] == 3 and model.network_calls == 3
     assert (model.solver_name, model.afs) == (rep["solver"], rep["afs"])

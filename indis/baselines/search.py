@@ -163,6 +163,10 @@ def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=No
     options = json.loads(cfg.peer_options) if cfg.peer_options else {}
     model, rep = select(cfg.method, backbone, cfg.nfe, (x_p, c_p), (x_v, c_v, x0_v), parse_solvers(cfg.peer_solvers),
                         parse_afs(cfg.peer_afs), distance, options, net=net, log=log)
+    # the reference a trained method starts from: cfg.init_schedule sampled with cfg.solver
+    init = peer_schedule(net, get_schedule(cfg.init_schedule, backbone.process, cfg.nfe), cfg.solver, cfg.order,
+                         method=f"heuristic:{cfg.init_schedule}")
+    initial_val = _score(init, net, x_v, c_v, x0_v, distance)["distance"]
     meta = {
         "method": cfg.method,
         "nfe": cfg.nfe,
@@ -172,7 +176,7 @@ def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=No
         "backbone_id": bid,
         "train_config": json.loads(json.dumps(asdict(cfg))),
         "teacher": {"root": str(teacher.root), "teacher": teacher.manifest["teacher"], "count": len(teacher)},
-        "metrics": {"best_val": rep["best_val"], "initial_val": None, "best_step": 0, "search": rep,
+        "metrics": {"best_val": rep["best_val"], "initial_val": initial_val, "best_step": 0, "search": rep,
                     "train_seconds_this_run": rep["search_seconds"]},
         "params": 0,
     }

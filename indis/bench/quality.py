@@ -129,7 +129,7 @@ def run_quality(
 
 
 def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metric: str = "mse",
-                 methods: Sequence[str] = ("best heuristic", "god", "ld3", "indis")) -> None:
+                 methods: Sequence[str] = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis")) -> None:
     """Fig. 3-style plot: a metric against NFE (log scale), one panel per backbone, one line per method."""
     import matplotlib
 
