@@ -169,6 +169,10 @@ def build_from_config(cfg: Dict) -> nn.Module:
     """Rebuild a Predictor or GlobalDiscretization (untrained) from its config()."""
     cfg = dict(cfg)
     kind = cfg.pop("class")
+    if kind == "Sampled":  # a learned discretization with the sampler options it was trained with
+        from .baselines.common import Sampled
+
+        return Sampled(build_from_config(cfg.pop("inner")), **cfg)
     param = DiscretizationParam.from_config(cfg.pop("param"))
     cond_spec = CondSpec(**cfg.pop("cond_spec"))
     if kind == "Predictor":

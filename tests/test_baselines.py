@@ -315,3 +315,33 @@ def test_amed_trains_with_the_existing_loop(tmp_path, gmm, teacher):
     assert m2["nfe"] == 4 and type(model).__name__ == "AMEDPlugin"
     rows = evaluate_methods(gmm, teacher, {"amed": {4: model}})
     assert rows[0]["solver"] == "ipndm+amed" and rows[0]["network_calls"] == 4
+
+
+# ------------------------------------------------------------------------------------------------ learned + options
+def test_orders_at_full_order_train_exactly_like_the_plain_solver(tmp_path, gmm, teacher):
+    base = dict(method="god", nfe=3, steps=6, batch_size=8, val_every=3, ckpt_every=6, lr=1e-2, val_fraction=0.25)
+    a = train(gmm, teacher, TrainConfig(**base), tmp_path / "a", progress=False)
+    b = train(gmm, teacher, TrainConfig(**base, orders="4,4,4"), tmp_path / "b", progress=False)
+    assert [h["distance"] for h in a["metrics"]["history"]] == [h["distance"] for h in b["metrics"]["history"]]
+    mb, _ = load_predictor(tmp_path / "b" / "predictor.safetensors")
+    assert type(mb).__name__ == "Sampled" and mb.orders == [4, 4, 4] and not mb.afs
+
+
+def test_indis_from_sdm_schedule_with_its_orders_and_afs(tmp_path, gmm, teacher):
+    from indis.baselines.common import Sampled
+
+    cfg = TrainConfig(method="indis", nfe=3, steps=6, batch_size=8, val_every=3, ckpt_every=6, lr=1e-2, val_fraction=0.25,
+                      hidden=16, init_schedule="sdm", orders="sdm", afs=True, pilots=16)
+    meta = train(gmm, teacher, cfg, tmp_path / "i", progress=False)
+    m, m2 = load_predictor(tmp_path / "i" / "predictor.safetensors", gmm.backbone_id)
+    assert isinstance(m, Sampled) and m.afs and m.param.nfe == 4 and m.network_calls == 3 and m2["nfe"] == 3
+    assert len(m.orders) == 4 and m.orders[0] == 1 and set(m.orders) <= {1, 4}
+    x_T, cond, _ = teacher.batch(torch.arange(8))
+    d = m(x_T, cond)
+    assert torch.all(d.dtau[:, 0] == 0)  # the analytical first call is not shifted
+    rows = evaluate_methods(gmm, teacher, {"indis+sdm": {3: m}})
+    assert rows[0]["afs"] and rows[0]["orders"] == m.orders and rows[0]["network_calls"] == 3
+    with pytest.raises(ValueError, match="apply to indis, god and ld3"):
+        TrainConfig(method="gits", afs=True).validate()
+    with pytest.raises(ValueError, match="comma-separated"):
+        TrainConfig(orders="1,x").validate()

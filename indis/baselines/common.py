@@ -94,7 +94,21 @@ class AnalyticFirstStep(nn.Module):
         return torch.where(_bcast(at_T, x), est.to(out.dtype), out)
 
 
-class PeerSchedule(FixedDiscretization):
+class SamplerChoices:
+    """Mixin of modules that carry their own sampler options (solver_name, order, orders, afs, network_calls)."""
+
+    def sampling(self, solver, order, backbone):
+        """(solver, order, backbone) this module is sampled with; the arguments are the caller's defaults and are
+        replaced by the module's own choices."""
+        s = order_scheduled(self.solver_name, self.orders)
+        return s, self.order, AnalyticFirstStep(backbone) if self.afs else backbone
+
+    def sampling_info(self) -> Dict:
+        return {"solver": self.solver_name, "order": self.order, "orders": self.orders, "afs": self.afs,
+                "network_calls": self.network_calls}
+
+
+class PeerSchedule(SamplerChoices, FixedDiscretization):
     """A training-free peer's result: fixed timesteps [steps + 1] plus its sampling choices.
     solver/order: the solver it was selected with; orders: optional per-step order caps; afs: the first call is
     analytical (so the network is called steps - 1 times); method: a label ("gits", "dmn", "sdm", "heuristic:...")."""
@@ -127,15 +141,6 @@ class PeerSchedule(FixedDiscretization):
                   "afs": self.afs, "method": self.method})
         return c
 
-    def sampling(self, solver, order, backbone):
-        """(solver, order, backbone) this schedule is sampled with; the arguments are the caller's defaults and
-        are replaced by the method's own choices."""
-        s = order_scheduled(self.solver_name, self.orders)
-        return s, self.order, AnalyticFirstStep(backbone) if self.afs else backbone
-
-    def sampling_info(self) -> Dict:
-        return {"solver": self.solver_name, "order": self.order, "orders": self.orders, "afs": self.afs,
-                "network_calls": self.network_calls}
 
 
 def peer_schedule(backbone, timesteps: Tensor, solver: str = "ipndm", order: Optional[int] = None,
@@ -209,3 +214,42 @@ def t_from_ve_s(process, s: Tensor) -> Tensor:
 def per_sample_norm(x: Tensor) -> Tensor:
     """L2 norm of each sample [B] over all its dimensions."""
     return x.reshape(x.shape[0], -1).norm(dim=1)
+
+
+class Sampled(SamplerChoices, nn.Module):
+    """A learned discretization (Predictor, GlobalDiscretization, LD3Discretization) together with the sampler
+    options it was trained with: per-step orders and/or AFS (`indis train --orders ... --afs`, e.g. INDIS combined
+    with SDM's order schedule). forward() is the inner module's, except that with AFS the first call's shift is
+    zero (that call is analytical, at T); `sampling()` gives solve() the solver, orders and AFS backbone."""
+
+    def __init__(self, inner: nn.Module, solver: str = "ipndm", order: Optional[int] = None,
+                 orders: Optional[Sequence[int]] = None, afs: bool = False):
+        super().__init__()
+        self.inner = inner
+        self.param = inner.param
+        self.data_shape = inner.data_shape
+        self.cond_spec = inner.cond_spec
+        s = get_solver(solver)
+        self.solver_name, self.order = s.name, s.check_order(order)
+        self.orders = None if orders is None else [int(k) for k in orders]
+        if self.orders is not None:
+            if len(self.orders) != self.param.nfe:
+                raise ValueError(f"Sampled: {len(self.orders)} per-step orders for {self.param.nfe} steps")
+            order_scheduled(s, self.orders)
+        self.afs = bool(afs)
+        if self.afs and self.param.nfe < 2:
+            raise ValueError("Sampled: AFS needs at least 2 steps")
+
+    @property
+    def network_calls(self) -> int:
+        return self.param.nfe - int(self.afs)
+
+    def config(self) -> Dict:
+        return {"class": "Sampled", "inner": self.inner.config(), "solver": self.solver_name, "order": self.order,
+                "orders": self.orders, "afs": self.afs}
+
+    def forward(self, x_T: Tensor, cond=None):
+        d = self.inner(x_T, cond)
+        if self.afs and d.dtau is not None:
+            d = type(d)(d.timesteps, torch.cat([torch.zeros_like(d.dtau[..., :1]), d.dtau[..., 1:]], dim=-1), d.gamma)
+        return d

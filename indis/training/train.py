@@ -66,7 +66,9 @@ class TrainConfig:
     rho: float = 7.0  # exponent of the sigma_rho warp
     b_dtau: float = 0.05  # bound of the shift (warp units)
     b_gamma: float = 0.05  # bound of the scale around 1
-    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from
+    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from (or sdm: SDM's schedule from pilots)
+    orders: str = ""  # per-step solver orders: "" (the solver's), a list "1,4,4,4,4", or sdm (SDM's criterion)
+    afs: bool = False  # analytical first step: nfe network calls on nfe + 1 steps
     no_instance: bool = False  # ablation: phi without x_T
     no_shift: bool = False  # ablation: no dtau
     no_scale: bool = False  # ablation: no gamma
@@ -113,6 +115,13 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         parse_dtype(self.backbone_dtype)
         parse_dtype(self.state_dtype)
+        if (self.orders or self.afs or self.init_schedule == "sdm") and self.method not in ("indis", "god", "ld3"):
+            raise ValueError(f"orders / afs / init_schedule sdm apply to indis, god and ld3; {self.method} has its own")
+        if self.orders and self.orders != "sdm":
+            try:
+                [int(k) for k in self.orders.split(",")]
+            except ValueError:
+                raise ValueError(f"orders must be a comma-separated list of integers or 'sdm', got {self.orders!r}") from None
         if self.method in PEER_METHODS:
             from ..baselines.search import parse_afs, parse_solvers
 
@@ -150,16 +159,18 @@ def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
     return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
 
 
-def build_model(cfg: TrainConfig, backbone) -> nn.Module:
-    """The learnable discretization for a config (untrained, starting at cfg.init_schedule)."""
+def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = None) -> nn.Module:
+    """The learnable discretization for a config (untrained, starting at cfg.init_schedule, or at init_timesteps
+    when given). With AFS it has nfe + 1 steps (the first call is analytical)."""
     cfg.validate()
     if cfg.method in PEER_METHODS:
         raise ValueError(f"{cfg.method} is a training-free peer: train() searches it (indis.baselines.search), build_model has nothing to build")
     proc = backbone.process
     cs = getattr(backbone, "cond_spec", CondSpec())
-    param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
+    steps = cfg.nfe + int(cfg.afs)
+    param = DiscretizationParam(proc, steps, warp=cfg.warp, rho=cfg.rho,
                                 b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
-    init = get_schedule(cfg.init_schedule, proc, cfg.nfe)
+    init = init_timesteps if init_timesteps is not None else get_schedule(cfg.init_schedule, proc, steps)
     if cfg.method == "amed":
         from ..baselines.amed import AMEDPlugin, amed_steps
 
@@ -268,6 +279,31 @@ def evaluate_split(model, backbone, teacher: TeacherDataset, positions: Tensor, 
     return {"distance": tot_d / n, "mse": tot_m / n}
 
 
+def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, dev, sd) -> nn.Module:
+    """build_model, started from SDM's schedule when init_schedule is sdm, and wrapped with per-step orders and AFS
+    (indis.baselines.common.Sampled) when asked for; SDM's schedule and orders come from cfg.pilots training pilots."""
+    init = orders = None
+    if cfg.init_schedule == "sdm" or cfg.orders == "sdm":
+        from ..baselines import sdm
+
+        perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+        x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
+        steps = cfg.nfe + int(cfg.afs)
+        if cfg.init_schedule == "sdm":
+            init, _, _ = sdm.sdm_schedule(net, x_p, c_p, steps, solver=cfg.solver, afs=cfg.afs)
+        if cfg.orders == "sdm":
+            base = init if init is not None else get_schedule(cfg.init_schedule, backbone.process, steps)
+            orders, _ = sdm.order_schedule(net, x_p, c_p, base, cfg.solver, afs=cfg.afs)
+    elif cfg.orders:
+        orders = [int(k) for k in cfg.orders.split(",")]
+    model = build_model(cfg, backbone, init)
+    if orders is None and not cfg.afs:
+        return model
+    from ..baselines.common import Sampled
+
+    return Sampled(model, cfg.solver, cfg.order, orders, cfg.afs)
+
+
 def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
@@ -309,7 +345,8 @@ def train(
     train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, backbone).to(dev)
+    model = _with_sampler_options(cfg, backbone, net, teacher, train_pos, dev, sd).to(dev)
+    run_solver, run_order, run_net = model.sampling(cfg.solver, cfg.order, net) if hasattr(model, "sampling") else (cfg.solver, cfg.order, net)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_ball = cfg.method == "ld3" and cfg.ld3_ball > 0
     z0 = z = None
@@ -383,7 +420,7 @@ def train(
             x0 = ddp(x_T, cond, net, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
         else:
             disc = ddp(x_T, cond)
-            x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+            x0 = sample(run_net, x_T, disc, solver=run_solver, order=run_order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
         per = distance(x0, x0s)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
@@ -396,7 +433,7 @@ def train(
             prop = ball_proposal(zl, z0[lpos].to(dev, sd), x_T.grad / teacher.prior_std, radius)
             with torch.no_grad():
                 xp = prop * teacher.prior_std
-                new = distance(sample(net, xp, model(xp, cond), solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd), x0s)
+                new = distance(sample(run_net, xp, model(xp, cond), solver=run_solver, order=run_order, cond=cond, state_dtype=sd), x0s)
             keep = (new < per.detach()).view(-1, *([1] * (zl.dim() - 1)))
             znew = torch.where(keep, prop, zl).float().cpu()
             if world > 1:
