@@ -33,9 +33,10 @@ def main():
     ap.add_argument("--pilots", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=["gits", "dmn", "sdm", "god"])
+    ap.add_argument("--stem", default=None, help="results stem (default benchmarks/results/peers_prelim_<backbone>)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    stem = f"benchmarks/results/peers_prelim_{a.backbone}"
+    stem = a.stem or f"benchmarks/results/peers_prelim_{a.backbone}"
     t0 = time.time()
     out = run_quality(a.backbone, a.work, a.nfe, a.methods, a.n_train, a.n_eval, a.steps, a.batch, a.lr,
                       results_stem=stem, progress=False, pilots=a.pilots)

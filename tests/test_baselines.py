@@ -236,6 +236,14 @@ def test_train_method_searches_solvers_and_afs_and_evaluates_with_them(tmp_path,
     assert rows[0]["solver"] == rep["solver"] and rows[0]["afs"] == rep["afs"]
 
 
+def test_unknown_peer_options_are_named(gmm, pilots, teacher):
+    from indis.baselines.search import select
+
+    x_T, cond, x0 = teacher.batch(torch.arange(8))
+    with pytest.raises(ValueError, match=r"unknown gits option\(s\) \['grid_size'\]"):
+        select("gits", gmm, 3, (pilots, None), (x_T, cond, x0), options={"grid_size": 10})
+
+
 def test_best_heuristic_searches_schedules_and_solvers(gmm, teacher):
     model, rep = best_heuristic(gmm, teacher, 3)
     assert len(rep["scores"]) == 9

@@ -27,6 +27,12 @@ Tensor = torch.Tensor
 PEER_METHODS = ("gits", "dmn", "sdm")
 SEARCH_SOLVERS = ("ipndm", "dpmpp_2m", "unipc")
 HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
+OPTIONS = {  # method options (TrainConfig.peer_options), the keyword arguments of each method's functions
+    "gits": ("grid_steps", "grid", "metric", "gamma", "teacher_solver"),
+    "dmn": ("init", "sigma_power", "trunc", "min_gap", "maxiter"),
+    "sdm": ("eta_min", "eta_max", "eta_p", "grid_steps", "gamma_step", "c_shrink", "max_expand", "max_shrink", "verify",
+            "rho", "power", "q", "tau_k", "high", "euler_last"),
+}
 
 
 def parse_afs(spec: str) -> Tuple[bool, ...]:
@@ -56,6 +62,9 @@ class _Candidates:
             raise ValueError(f"unknown peer method {method!r}; expected one of {PEER_METHODS} or heuristic:NAME")
         self.method, self.bb, self.nfe, self.x_T, self.cond = method, backbone, int(nfe), x_T, cond
         self.opts = dict(options or {})
+        unknown = set(self.opts) - set(OPTIONS.get(method, ()))
+        if unknown:
+            raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; expected some of {sorted(OPTIONS.get(method, ()))}")
         self._cache: Dict = {}
         self.search_nfe = 0
 
