@@ -353,3 +353,20 @@ def test_indis_from_sdm_schedule_with_its_orders_and_afs(tmp_path, gmm, teacher)
         TrainConfig(method="gits", afs=True).validate()
     with pytest.raises(ValueError, match="comma-separated"):
         TrainConfig(orders="1,x").validate()
+
+
+def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_path):
+    from indis.bench.quality import run_quality
+
+    out = run_quality("gmm-image", str(tmp_path), nfes=(3,), methods=("dmn", "god"), n_train=40, n_eval=24, steps=4, batch=8,
+                      progress=False, log=lambda *a: None, pilots=8, learned_solvers=("ipndm", "unipc"), peer_afs="off",
+                      results_stem=str(tmp_path / "q"))
+    rows = {r["method"]: r for r in out["rows"]}
+    assert {"best heuristic", "dmn", "god"} <= set(rows)
+    tr = out["meta"]["training"]
+    assert {"god_nfe3", "god_unipc_nfe3", "dmn_nfe3"} <= set(tr)
+    sel = tr["god_nfe3_selected"]
+    assert rows["god"]["solver"] == tr[sel]["solver"] if sel != "god_nfe3" else rows["god"]["solver"] == "ipndm"
+    assert rows["dmn"]["solver"] == tr["dmn_nfe3"]["solver"] and rows["dmn"]["afs"] is False
+    assert rows["best heuristic"]["solver"] == out["meta"]["best_heuristic"][3]["solver"]
+    assert (tmp_path / "q.md").is_file()

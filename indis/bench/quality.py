@@ -37,17 +37,21 @@ def run_quality(
     heuristic_solvers: Sequence[str] = ("ipndm", "dpmpp_2m", "unipc"),
     peer_afs: str = "both",
     pilots: int = 128,
+    learned_solvers: Sequence[str] = ("ipndm",),
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...], "meta": {...},
     "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given.
-    methods: any of god, ld3, indis (trained) and gits, dmn, sdm (training-free peers, indis.baselines: each is
+    methods: any of god, ld3, indis, amed (trained) and gits, dmn, sdm (training-free peers, indis.baselines: each is
     searched over the solvers of heuristic_solvers and with/without AFS per peer_afs, best on the validation split).
     The "best heuristic" row is the best of uniform/logsnr/polynomial x heuristic_solvers (x AFS per peer_afs) by
-    training-set MSE, sampled with its solver; GOD/LD3/INDIS start from the best heuristic under iPNDM (their solver)."""
+    training-set MSE, sampled with its solver. GOD/LD3/INDIS are trained through each solver of learned_solvers (default
+    iPNDM only), each from the best heuristic under that solver; the one with the least validation distance is the row.
+    AMED-Plugin (amed) is trained on iPNDM."""
     from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
     from ..predictor import load_predictor
     from ..training.cli import load_backbone_spec
     from ..training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
+    from ..baselines.common import Sampled
     from ..baselines.search import best_heuristic
     from ..training.train import METHODS, PEER_METHODS, TrainConfig, heuristic, train
 
@@ -71,24 +75,36 @@ def run_quality(
     best_any = {k: best_heuristic(bb, tr, k, HEURISTIC_NAMES, tuple(heuristic_solvers), parse_afs(peer_afs)) for k in nfes}
     models["best heuristic"] = {k: best_any[k][0] for k in nfes}
     train_info = {}
+    inits = {"ipndm": best}  # per solver: the best heuristic under it, where the trained methods start
     for m in methods:
         models[m] = {}
         for k in nfes:
-            cfg = TrainConfig(method=m, nfe=k, steps=steps, batch_size=batch, lr=lr, init_schedule=best[k]["name"],
-                              val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
-                              peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
-            t1 = time.time()
-            meta = train(bb, tr, cfg, f"{work}/{m}_nfe{k}", progress=progress)
-            model, _ = load_predictor(f"{work}/{m}_nfe{k}/predictor.safetensors", bb.backbone_id)
+            cands = []
+            for sol in (tuple(learned_solvers) if m in ("god", "ld3", "indis") else ("ipndm",)):
+                if sol not in inits:
+                    inits[sol] = best_heuristics(bb, tr, nfes, solver=sol)
+                tag = f"{m}_nfe{k}" if sol == "ipndm" else f"{m}_{sol}_nfe{k}"
+                cfg = TrainConfig(method=m, nfe=k, solver=sol, steps=steps, batch_size=batch, lr=lr, init_schedule=inits[sol][k]["name"],
+                                  val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
+                                  peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
+                t1 = time.time()
+                meta = train(bb, tr, cfg, f"{work}/{tag}", progress=progress)
+                model, _ = load_predictor(f"{work}/{tag}/predictor.safetensors", bb.backbone_id)
+                if sol != "ipndm":  # evaluated with the solver it was trained through
+                    model = Sampled(model, sol)
+                info = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"], "best_val": meta["metrics"]["best_val"],
+                        "best_step": meta["metrics"]["best_step"], "params": meta["params"], "solver": sol}
+                if m in PEER_METHODS:
+                    search = meta["metrics"]["search"]
+                    info.update(solver=search["solver"], afs=search["afs"], orders=search["orders"],
+                                timesteps=search["timesteps"], search_network_calls=search["search_network_calls"])
+                train_info[tag] = info
+                log(f"{m} NFE {k}: {info}")
+                cands.append((meta["metrics"]["best_val"], tag, model))
+            best_val, tag, model = min(cands, key=lambda c: c[0])
             models[m][k] = model.eval()
-            train_info[f"{m}_nfe{k}"] = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"],
-                                         "best_val": meta["metrics"]["best_val"], "best_step": meta["metrics"]["best_step"],
-                                         "params": meta["params"]}
-            if m in PEER_METHODS:
-                search = meta["metrics"]["search"]
-                train_info[f"{m}_nfe{k}"].update(solver=search["solver"], afs=search["afs"], orders=search["orders"],
-                                                 timesteps=search["timesteps"], search_network_calls=search["search_network_calls"])
-            log(f"{m} NFE {k}: {train_info[f'{m}_nfe{k}']}")
+            if len(cands) > 1:
+                train_info[f"{m}_nfe{k}_selected"] = tag
     feats, ref_data = None, None
     if tuple(bb.data_shape) == (1, 16, 16):
         from ..data.digits import load_digits_split
