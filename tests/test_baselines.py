@@ -358,7 +358,7 @@ def test_indis_from_sdm_schedule_with_its_orders_and_afs(tmp_path, gmm, teacher)
 def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_path):
     from indis.bench.quality import run_quality
 
-    out = run_quality("gmm-image", str(tmp_path), nfes=(3,), methods=("dmn", "god"), n_train=40, n_eval=24, steps=4, batch=8,
+    out = run_quality("gmm-image", str(tmp_path), nfes=(3,), methods=("dmn", "god", "indis+sdm"), n_train=40, n_eval=24, steps=4, batch=8,
                       progress=False, log=lambda *a: None, pilots=8, learned_solvers=("ipndm", "unipc"), peer_afs="off",
                       results_stem=str(tmp_path / "q"))
     rows = {r["method"]: r for r in out["rows"]}
@@ -370,3 +370,6 @@ def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_
     assert rows["dmn"]["solver"] == tr["dmn_nfe3"]["solver"] and rows["dmn"]["afs"] is False
     assert rows["best heuristic"]["solver"] == out["meta"]["best_heuristic"][3]["solver"]
     assert (tmp_path / "q.md").is_file()
+    assert rows["indis+sdm"]["orders"] is not None and rows["indis+sdm"]["orders"][0] == 1
+    with pytest.raises(ValueError, match="unknown method"):
+        run_quality("gmm-image", str(tmp_path), methods=("bogus",))

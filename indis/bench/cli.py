@@ -48,7 +48,8 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--n-eval", type=int, default=500, help="with --quality: held-out teacher samples")
     p.add_argument("--steps", type=int, default=200, help="with --quality: training steps per method and NFE")
     p.add_argument("--methods", type=_names, default=["god", "ld3", "indis"],
-                   help="with --quality: trained (god, ld3, indis, amed) and training-free peers (gits, dmn, sdm; indis.baselines)")
+                   help="with --quality: trained (god, ld3, indis, amed, indis+sdm, indis+sdm+afs) and training-free peers "
+                        "(gits, dmn, sdm; indis.baselines)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_bench)
 
@@ -131,7 +132,8 @@ def _tree_rows(args, nfes):
 
 def _table(name, rows, nfes) -> str:
     metrics = [m for m in ("mse", "fd", "fd_data", "kl", "w2") if any(r.get(m) is not None for r in rows)]
-    methods = [m for m in ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis") if any(r["method"] == m for r in rows)]
+    methods = [m for m in ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm", "indis+sdm+afs")
+               if any(r["method"] == m for r in rows)]
     out = [f"### {name}", ""]
     for metric in metrics:
         out += [f"| {metric} | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|" + "---|" * len(nfes)]

@@ -18,6 +18,9 @@ import torch
 
 Tensor = torch.Tensor
 HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
+# trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
+COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
+              "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
 
 
 def run_quality(
@@ -41,7 +44,8 @@ def run_quality(
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...], "meta": {...},
     "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given.
-    methods: any of god, ld3, indis, amed (trained) and gits, dmn, sdm (training-free peers, indis.baselines: each is
+    methods: any of god, ld3, indis, amed (trained), indis+sdm / indis+sdm+afs (INDIS from SDM's schedule with SDM's
+    order schedule, and with AFS; COMPOSITES) and gits, dmn, sdm (training-free peers, indis.baselines: each is
     searched over the solvers of heuristic_solvers and with/without AFS per peer_afs, best on the validation split).
     The "best heuristic" row is the best of uniform/logsnr/polynomial x heuristic_solvers (x AFS per peer_afs) by
     training-set MSE, sampled with its solver. GOD/LD3/INDIS are trained through each solver of learned_solvers (default
@@ -58,9 +62,9 @@ def run_quality(
     nfes = [int(k) for k in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFEs must be positive integers, got {nfes}")
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS and m not in COMPOSITES]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; expected a subset of {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {bad}; expected a subset of {', '.join(METHODS + tuple(COMPOSITES))}")
     bb = load_backbone_spec(backbone_spec)
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
     t0 = time.time()
@@ -80,17 +84,19 @@ def run_quality(
         models[m] = {}
         for k in nfes:
             cands = []
-            for sol in (tuple(learned_solvers) if m in ("god", "ld3", "indis") else ("ipndm",)):
+            base = COMPOSITES.get(m, {"method": m})
+            for sol in (tuple(learned_solvers) if base["method"] in ("god", "ld3", "indis") else ("ipndm",)):
                 if sol not in inits:
                     inits[sol] = best_heuristics(bb, tr, nfes, solver=sol)
                 tag = f"{m}_nfe{k}" if sol == "ipndm" else f"{m}_{sol}_nfe{k}"
-                cfg = TrainConfig(method=m, nfe=k, solver=sol, steps=steps, batch_size=batch, lr=lr, init_schedule=inits[sol][k]["name"],
-                                  val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
-                                  peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
+                opts = dict(method=m, nfe=k, solver=sol, steps=steps, batch_size=batch, lr=lr, init_schedule=inits[sol][k]["name"],
+                            val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
+                            peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
+                cfg = TrainConfig(**{**opts, **base})
                 t1 = time.time()
                 meta = train(bb, tr, cfg, f"{work}/{tag}", progress=progress)
                 model, _ = load_predictor(f"{work}/{tag}/predictor.safetensors", bb.backbone_id)
-                if sol != "ipndm":  # evaluated with the solver it was trained through
+                if sol != "ipndm" and not hasattr(model, "sampling"):  # evaluated with the solver it was trained through
                     model = Sampled(model, sol)
                 info = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"], "best_val": meta["metrics"]["best_val"],
                         "best_step": meta["metrics"]["best_step"], "params": meta["params"], "solver": sol}
@@ -145,7 +151,8 @@ def run_quality(
 
 
 def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metric: str = "mse",
-                 methods: Sequence[str] = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis")) -> None:
+                 methods: Sequence[str] = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm",
+                                           "indis+sdm+afs")) -> None:
     """Fig. 3-style plot: a metric against NFE (log scale), one panel per backbone, one line per method."""
     import matplotlib
 
