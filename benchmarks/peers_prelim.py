@@ -3,7 +3,7 @@ GOD on one backbone, against the 30-step iPNDM teacher, small sets (one training
 
   OMP_NUM_THREADS=1 python benchmarks/peers_prelim.py --backbone bundled --work /tmp/indis_peers --n-train 200 --n-eval 200 --nfe 3 5
 
-The pipeline is indis.bench.quality.run_quality (also `indis bench --quality --methods gits dmn sdm god`). Writes
+The pipeline is indis.bench.quality.run_quality (also `indis bench --quality --methods gits,dmn,sdm,god`). Writes
 benchmarks/results/peers_prelim_<backbone>.{json,md}: endpoint MSE and Frechet distances (digits features) per method
 and NFE, and for each peer the solver/AFS/per-step orders it was selected with.
 """

@@ -50,6 +50,8 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--methods", type=_names, default=["god", "ld3", "indis"],
                    help="with --quality: trained (god, ld3, indis, amed, indis+sdm, indis+sdm+afs) and training-free peers "
                         "(gits, dmn, sdm; indis.baselines)")
+    p.add_argument("--learned-solvers", type=_names, default=["ipndm"],
+                   help="with --quality: solvers GOD/LD3/INDIS are trained through (best on validation), e.g. ipndm,dpmpp_2m,unipc")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_bench)
 
@@ -102,7 +104,7 @@ def _run_quality(args) -> int:
             rows = _tree_rows(args, nfes)
             by_backbone["tree (exact)"] = rows
         else:
-            out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, n_train=args.n_train, n_eval=args.n_eval,
+            out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, learned_solvers=args.learned_solvers, n_train=args.n_train, n_eval=args.n_eval,
                               steps=args.steps, results_stem=os.path.join(args.out, f"quality_{spec}"),
                               plot_dir=args.out, progress=not args.no_progress)
             rows = out["rows"]
