@@ -340,7 +340,7 @@ def test_indis_from_sdm_schedule_with_its_orders_and_afs(tmp_path, gmm, teacher)
 
     cfg = TrainConfig(method="indis", nfe=3, steps=6, batch_size=8, val_every=3, ckpt_every=6, lr=1e-2, val_fraction=0.25,
                       hidden=16, init_schedule="sdm", orders="sdm", afs=True, pilots=16)
-    meta = train(gmm, teacher, cfg, tmp_path / "i", progress=False)
+    train(gmm, teacher, cfg, tmp_path / "i", progress=False)
     m, m2 = load_predictor(tmp_path / "i" / "predictor.safetensors", gmm.backbone_id)
     assert isinstance(m, Sampled) and m.afs and m.param.nfe == 4 and m.network_calls == 3 and m2["nfe"] == 3
     assert len(m.orders) == 4 and m.orders[0] == 1 and set(m.orders) <= {1, 4}

@@ -30,7 +30,7 @@ over all dimensions, averaged over the pilot batch (SDM's batch_mean_norm).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
