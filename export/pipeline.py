@@ -50,10 +50,24 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                   tensorrt: bool = False, precision: str = "fp32", atol: float = 1e-4, verify: bool = True,
                   verify_batches=(1, 5), export_batch: int = 2, sigmas_seeds=None, extra: Optional[Dict] = None,
                   log=print) -> Dict:
-    """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization) and `backbone` into folder `out`.
+    """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization / PeerSchedule) and `backbone` into
+    folder `out`. A PeerSchedule is exported with its own solver and order (AFS and per-step orders are refused).
     Returns the manifest. The caller's modules are left in the training/eval mode they came in."""
     from ..solvers import get_solver
 
+    if getattr(model, "runs_sampler", False):
+        raise ValueError(f"{type(model).__name__} runs its own sampler (a network inside every step), which the exported "
+                         "engines do not implement; sample it with PyTorch (indis eval / indis sample)")
+    if hasattr(model, "sampling_info"):  # a peer schedule (indis.baselines) carries the solver it was selected with
+        info = model.sampling_info()
+        if info["afs"] or info["orders"] is not None:
+            raise ValueError(f"this {getattr(model, 'method', 'peer')} schedule samples with "
+                             f"{'the analytical first step' if info['afs'] else 'per-step orders ' + str(info['orders'])}, which "
+                             "the exported engines do not implement; export a schedule selected without them "
+                             "(train with --peer-afs off; SDM's order schedule always needs the PyTorch sampler)")
+        if get_solver(solver).name != info["solver"]:
+            log(f"the schedule was selected with {info['solver']} and is exported with it (not {get_solver(solver).name})")
+        solver, order = info["solver"], info["order"]
     solver_obj = get_solver(solver)
     order = solver_obj.check_order(order)
     profile = dict(profile or DEFAULT_PROFILE)

@@ -71,6 +71,8 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
         t0 = time.time()
         x0 = student_samples(model, net, teacher, solver=solver, batch=batch)
         row = {"method": name, "nfe": int(nfe), "n": len(x0), "mse": float(mse(x0, teacher.x0).mean())}
+        # the solver the samples were drawn with: a PeerSchedule's own (and its per-step orders and AFS)
+        row.update(model.sampling_info() if hasattr(model, "sampling_info") else {"solver": solver})
         if lpips is not None:
             with torch.no_grad():
                 row["lpips"] = float(torch.cat([lpips(x0[i : i + batch], teacher.x0[i : i + batch]) for i in range(0, len(x0), batch)]).mean())

@@ -169,6 +169,10 @@ def build_from_config(cfg: Dict) -> nn.Module:
     """Rebuild a Predictor or GlobalDiscretization (untrained) from its config()."""
     cfg = dict(cfg)
     kind = cfg.pop("class")
+    if kind == "Sampled":  # a learned discretization with the sampler options it was trained with
+        from .baselines.common import Sampled
+
+        return Sampled(build_from_config(cfg.pop("inner")), **cfg)
     param = DiscretizationParam.from_config(cfg.pop("param"))
     cond_spec = CondSpec(**cfg.pop("cond_spec"))
     if kind == "Predictor":
@@ -183,6 +187,14 @@ def build_from_config(cfg: Dict) -> nn.Module:
         from .training.train import FixedDiscretization
 
         return FixedDiscretization(param, torch.zeros(param.nfe + 1, dtype=torch.float64), cond_spec=cond_spec, **cfg)
+    if kind == "AMEDPlugin":
+        from .baselines.amed import AMEDPlugin
+
+        return AMEDPlugin(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec, **cfg)
+    if kind == "PeerSchedule":
+        from .baselines.common import PeerSchedule
+
+        return PeerSchedule(param, torch.zeros(param.nfe + 1, dtype=torch.float64), cond_spec=cond_spec, **cfg)
     raise ValueError(f"unknown predictor class {kind!r}")
 
 

@@ -78,6 +78,8 @@ def test_methods_and_ablations_build_what_they_say():
     m = build_model(TrainConfig(no_cond=True, nfe=3), cb)
     assert m.use_instance and not m.use_cond
     with pytest.raises(ValueError, match="unknown method"):
+        build_model(TrainConfig(method="bogus"), bb)
+    with pytest.raises(ValueError, match="training-free peer"):  # searched by train(), not built (indis.baselines)
         build_model(TrainConfig(method="dmn"), bb)
 
 

@@ -5,6 +5,9 @@ Methods (TrainConfig.method):
   indis   the instance-aware predictor (indis.predictor.Predictor)
   god     one global {tau, dtau, gamma} (GlobalDiscretization)
   ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+  amed    AMED-Plugin on iPNDM (indis.baselines.amed): a small network predicting each coarse step's intermediate
+          point and scales, trained by this loop (NFE even: 2K calls; odd: 2K - 1 with AFS)
+  gits, dmn, sdm  training-free peers (indis.baselines): searched over solvers and AFS, not trained
 Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the condition), no_shift (b_dtau = 0),
 no_scale (b_gamma = 0), no_cond (phi does not see the condition).
 
@@ -49,7 +52,8 @@ from .losses import get_distance, mse
 from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
 
 Tensor = torch.Tensor
-METHODS = ("indis", "god", "ld3")
+PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
+METHODS = ("indis", "god", "ld3", "amed") + PEER_METHODS
 
 
 @dataclass
@@ -62,7 +66,9 @@ class TrainConfig:
     rho: float = 7.0  # exponent of the sigma_rho warp
     b_dtau: float = 0.05  # bound of the shift (warp units)
     b_gamma: float = 0.05  # bound of the scale around 1
-    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from
+    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from (or sdm: SDM's schedule from pilots)
+    orders: str = ""  # per-step solver orders: "" (the solver's), a list "1,4,4,4,4", or sdm (SDM's criterion)
+    afs: bool = False  # analytical first step: nfe network calls on nfe + 1 steps
     no_instance: bool = False  # ablation: phi without x_T
     no_shift: bool = False  # ablation: no dtau
     no_scale: bool = False  # ablation: no gamma
@@ -87,6 +93,10 @@ class TrainConfig:
     state_dtype: str = "float32"  # solver state
     ld3_ball: float = 0.001  # LD3 soft-ball radius factor (0: off)
     eval_batch_size: int = 256
+    pilots: int = 128  # peers (gits/dmn/sdm): pilot samples from the training split
+    peer_solvers: str = "ipndm,dpmpp_2m,unipc"  # peers: solvers searched (best on the validation split)
+    peer_afs: str = "both"  # peers: analytical first step off | on | both (best of)
+    peer_options: str = ""  # peers: JSON object of method options (e.g. {"grid_steps": 60} for gits)
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":
@@ -105,6 +115,24 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         parse_dtype(self.backbone_dtype)
         parse_dtype(self.state_dtype)
+        if (self.orders or self.afs or self.init_schedule == "sdm") and self.method not in ("indis", "god", "ld3"):
+            raise ValueError(f"orders / afs / init_schedule sdm apply to indis, god and ld3; {self.method} has its own")
+        if self.orders and self.orders != "sdm":
+            try:
+                [int(k) for k in self.orders.split(",")]
+            except ValueError:
+                raise ValueError(f"orders must be a comma-separated list of integers or 'sdm', got {self.orders!r}") from None
+        if self.method in PEER_METHODS:
+            from ..baselines.search import parse_afs, parse_solvers
+
+            parse_afs(self.peer_afs)
+            parse_solvers(self.peer_solvers)
+            if self.pilots < 1:
+                raise ValueError(f"pilots must be positive, got {self.pilots}")
+            if self.peer_options:
+                opts = json.loads(self.peer_options)
+                if not isinstance(opts, dict):
+                    raise ValueError(f"peer_options must be a JSON object, got {self.peer_options!r}")
 
 
 class FixedDiscretization(nn.Module):
@@ -131,14 +159,24 @@ def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
     return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
 
 
-def build_model(cfg: TrainConfig, backbone) -> nn.Module:
-    """The learnable discretization for a config (untrained, starting at cfg.init_schedule)."""
+def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = None) -> nn.Module:
+    """The learnable discretization for a config (untrained, starting at cfg.init_schedule, or at init_timesteps
+    when given). With AFS it has nfe + 1 steps (the first call is analytical)."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        raise ValueError(f"{cfg.method} is a training-free peer: train() searches it (indis.baselines.search), build_model has nothing to build")
     proc = backbone.process
     cs = getattr(backbone, "cond_spec", CondSpec())
-    param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
+    steps = cfg.nfe + int(cfg.afs)
+    param = DiscretizationParam(proc, steps, warp=cfg.warp, rho=cfg.rho,
                                 b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
-    init = get_schedule(cfg.init_schedule, proc, cfg.nfe)
+    init = init_timesteps if init_timesteps is not None else get_schedule(cfg.init_schedule, proc, steps)
+    if cfg.method == "amed":
+        from ..baselines.amed import AMEDPlugin, amed_steps
+
+        k, _ = amed_steps(cfg.nfe)
+        return AMEDPlugin(DiscretizationParam(proc, k, b_dtau=0.0, b_gamma=0.0), get_schedule(cfg.init_schedule, proc, k),
+                          backbone.data_shape, cs, nfe=cfg.nfe, hidden=cfg.hidden, conv_width=cfg.conv_width)
     if cfg.method == "ld3":
         return LD3Discretization(param, init, backbone.data_shape, cs, use_shift=not cfg.no_shift)
     if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
@@ -169,8 +207,13 @@ def student_backbone(backbone, cfg_scale: float = 1.0, dtype: str = "float32"):
 
 
 def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_dtype=torch.float32, checkpoint=False):
-    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve."""
+    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve. A model with a
+    `sampling` method (indis.baselines.PeerSchedule) replaces solver, order and backbone by its own choices."""
     disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
+    if getattr(model_or_disc, "runs_sampler", False):  # a plugin sampler (AMED) runs the solve itself
+        return model_or_disc(x_T, cond, backbone, state_dtype=state_dtype, checkpoint=checkpoint)
+    if hasattr(model_or_disc, "sampling"):  # a method with its own solver, per-step orders or AFS (indis.baselines)
+        solver, order, backbone = model_or_disc.sampling(solver, order, backbone)
     return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
 
 
@@ -236,6 +279,31 @@ def evaluate_split(model, backbone, teacher: TeacherDataset, positions: Tensor, 
     return {"distance": tot_d / n, "mse": tot_m / n}
 
 
+def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, dev, sd) -> nn.Module:
+    """build_model, started from SDM's schedule when init_schedule is sdm, and wrapped with per-step orders and AFS
+    (indis.baselines.common.Sampled) when asked for; SDM's schedule and orders come from cfg.pilots training pilots."""
+    init = orders = None
+    if cfg.init_schedule == "sdm" or cfg.orders == "sdm":
+        from ..baselines import sdm
+
+        perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+        x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
+        steps = cfg.nfe + int(cfg.afs)
+        if cfg.init_schedule == "sdm":
+            init, _, _ = sdm.sdm_schedule(net, x_p, c_p, steps, solver=cfg.solver, afs=cfg.afs)
+        if cfg.orders == "sdm":
+            base = init if init is not None else get_schedule(cfg.init_schedule, backbone.process, steps)
+            orders, _ = sdm.order_schedule(net, x_p, c_p, base, cfg.solver, afs=cfg.afs)
+    elif cfg.orders:
+        orders = [int(k) for k in cfg.orders.split(",")]
+    model = build_model(cfg, backbone, init)
+    if orders is None and not cfg.afs:
+        return model
+    from ..baselines.common import Sampled
+
+    return Sampled(model, cfg.solver, cfg.order, orders, cfg.afs)
+
+
 def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
@@ -257,6 +325,10 @@ def train(
     stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any.
     on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        from ..baselines.search import train_peer
+
+        return train_peer(backbone, teacher, cfg, out_dir, log=log, device=device, on_done=on_done)
     rank, world = _dist()
     out = Path(out_dir)
     if cfg.batch_size % world:
@@ -273,7 +345,8 @@ def train(
     train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, backbone).to(dev)
+    model = _with_sampler_options(cfg, backbone, net, teacher, train_pos, dev, sd).to(dev)
+    run_solver, run_order, run_net = model.sampling(cfg.solver, cfg.order, net) if hasattr(model, "sampling") else (cfg.solver, cfg.order, net)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_ball = cfg.method == "ld3" and cfg.ld3_ball > 0
     z0 = z = None
@@ -343,8 +416,11 @@ def train(
         x_T, cond, x0s = teacher.batch(idx, dev, sd)
         if use_ball:
             x_T = (z[lpos] * teacher.prior_std).to(dev, sd).requires_grad_(True)
-        disc = ddp(x_T, cond)
-        x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        if getattr(model, "runs_sampler", False):  # AMED-Plugin: its forward is the solve
+            x0 = ddp(x_T, cond, net, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        else:
+            disc = ddp(x_T, cond)
+            x0 = sample(run_net, x_T, disc, solver=run_solver, order=run_order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
         per = distance(x0, x0s)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
@@ -357,7 +433,7 @@ def train(
             prop = ball_proposal(zl, z0[lpos].to(dev, sd), x_T.grad / teacher.prior_std, radius)
             with torch.no_grad():
                 xp = prop * teacher.prior_std
-                new = distance(sample(net, xp, model(xp, cond), solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd), x0s)
+                new = distance(sample(run_net, xp, model(xp, cond), solver=run_solver, order=run_order, cond=cond, state_dtype=sd), x0s)
             keep = (new < per.detach()).view(-1, *([1] * (zl.dim() - 1)))
             znew = torch.where(keep, prop, zl).float().cpu()
             if world > 1:
