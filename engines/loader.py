@@ -26,23 +26,37 @@ from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, Torch
 Tensor = torch.Tensor
 
 
+def manifest_backbone(folder: Path, man: Dict):
+    """The torch backbone an export folder was made for, when the manifest names it by a registry name
+    (bundled, ideal, gmm-image, edm:PRESET[:SEED]). An export folder is data: a manifest that names a path or
+    a module:function is refused (it would let whoever edits the folder choose what runs); the user then names
+    the backbone on the command line (--backbone) and its id is checked against the manifest."""
+    from .spec import is_registry_name, resolve_backbone
+
+    spec = man["backbone"].get("spec")
+    if not spec:
+        raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone on the command line "
+                               "(--backbone SPEC, or load_engines(backbone=...))")
+    if not is_registry_name(spec):
+        raise mf.ArtifactError(f"{folder}: the manifest names the backbone {spec!r}, which is not a registry name "
+                               "(bundled, ideal, gmm-image, edm:PRESET[:SEED]); an export folder never chooses code or "
+                               "paths to load. Pass the backbone on the command line: --backbone SPEC (or "
+                               "load_engines(backbone=...)); its id is checked against the manifest")
+    return resolve_backbone(spec, registry_only=True)
+
+
 def _torch_networks(folder: Path, man: Dict, backbone=None):
     from ..export.onnx_export import BackboneForExport, PredictorForExport
     from ..export.pipeline import predictor_id
     from ..predictor import load_predictor
 
     if backbone is None:
-        spec = (man.get("backbone") or {}).get("spec")
-        if not spec:
-            raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone to load_engines(backbone=...)")
-        from .spec import resolve_backbone
-
-        backbone = resolve_backbone(spec)
+        backbone = manifest_backbone(folder, man)
     if backbone.backbone_id != man["backbone_id"]:
         raise mf.ArtifactError(f"{folder} was exported for backbone id {man['backbone_id']}, but the torch backbone has id "
                                f"{backbone.backbone_id}; load the matching backbone or re-export")
-    mf.verify_file(folder, "predictor.safetensors", man["artifacts"]["predictor.safetensors"])
-    model, _ = load_predictor(folder / "predictor.safetensors", man["backbone_id"])
+    path = mf.verify_file(folder, "predictor.safetensors", mf.artifact_entry(folder, man, "predictor.safetensors"))
+    model, _ = load_predictor(path, man["backbone_id"])
     if predictor_id(model) != man["predictor_id"]:
         raise mf.ArtifactError(f"{folder}/predictor.safetensors does not have the manifest's predictor id {man['predictor_id']}")
     return PredictorForExport(model.eval()), BackboneForExport(backbone.eval())
@@ -55,7 +69,6 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
         raise ValueError(f"backend must be one of torch, ort, trt here (native: use load_engine_sampler), got {backend!r}")
     folder = Path(folder)
     man = mf.load_manifest(folder)
-    art = man["artifacts"]
     names = {"predictor": ["x_T"], "backbone": ["x", "t"]}
     cs = CondSpec(**man["backbone"]["cond_spec"])
     if cs.kind != "none":
@@ -68,7 +81,9 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
         runners["backbone"] = TorchRunner(bmod, names["backbone"], outs["backbone"], device, cuda_graph)
     elif backend == "ort":
         for net in ("predictor", "backbone"):
-            entry = art[f"{net}.onnx"]
+            entry = mf.artifact_entry(folder, man, f"{net}.onnx")
+            if not isinstance(entry.get("output_shapes"), dict):
+                raise mf.ArtifactError(f"{folder}/{mf.MANIFEST_NAME}: the entry of {net}.onnx has no output_shapes; re-run the export")
             path = mf.verify_file(folder, f"{net}.onnx", entry)
             runners[net] = ORTRunner(path, entry["output_shapes"], device, threads)
     else:

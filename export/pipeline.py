@@ -152,7 +152,9 @@ def _maybe_sha(path) -> Optional[str]:
 # TensorRT engines and their cache entries
 # ------------------------------------------------------------------------------------------------
 def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) -> Dict:
-    onnx_entry = manifest["artifacts"][f"{network}.onnx"]
+    onnx_entry = mf.artifact_entry("the export folder", manifest, f"{network}.onnx")
+    if not isinstance(onnx_entry.get("profile_shapes"), dict) or not isinstance(onnx_entry.get("sha256"), str):
+        raise mf.ArtifactError(f"the manifest entry of {network}.onnx has no profile_shapes / sha256; re-run the export")
     from .tensorrt import builder_options
 
     opts = builder_options(precision)
@@ -165,7 +167,7 @@ def build_trt_engine(folder, manifest: Dict, network: str, precision: str, trt_e
     from .tensorrt import build_engine
 
     folder = Path(folder)
-    mf.verify_file(folder, f"{network}.onnx", manifest["artifacts"][f"{network}.onnx"])
+    mf.verify_file(folder, f"{network}.onnx", mf.artifact_entry(folder, manifest, f"{network}.onnx"))
     fields = trt_key_fields(manifest, network, precision, trt_env)
     key = mf.engine_cache_key(fields)
     name = mf.engine_file_name(network, key)
