@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Optional
 
 import torch
 
@@ -69,6 +69,9 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
         raise ValueError(f"backend must be one of torch, ort, trt here (native: use load_engine_sampler), got {backend!r}")
     folder = Path(folder)
     man = mf.load_manifest(folder)
+    if backbone is not None and getattr(backbone, "backbone_id", None) != man["backbone_id"]:
+        raise mf.ArtifactError(f"{folder} was exported for backbone id {man['backbone_id']}, but the given backbone has id "
+                               f"{getattr(backbone, 'backbone_id', None)}; give the matching --backbone or re-export")
     names = {"predictor": ["x_T"], "backbone": ["x", "t"]}
     cs = CondSpec(**man["backbone"]["cond_spec"])
     if cs.kind != "none":
@@ -163,35 +166,43 @@ def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optio
     return EngineSampler(pred, bb, solver, order, man, native)
 
 
-def sample_seeds(folder, seeds: Sequence[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
+def sample_seeds(folder, seeds: Iterable[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
                  backbone=None, table=None, progress: bool = False, **kw):
-    """Samples for a list of seeds (per-seed x_T and condition as indis.training.seeds, so the same seed gives the
-    same sample at any batch size and on every backend). Returns (x0 [S, ...] float32 CPU, discretizations
+    """Samples for seeds (a list, or an indis.training.seeds.SeedList; per-seed x_T and condition as
+    indis.training.seeds, so the same seed gives the same sample at any batch size and on every backend). The
+    prior noise is drawn batch by batch. Returns (x0 [S, ...] float32 CPU, discretizations
     {timesteps, dtau, gamma} [S, ...] float64 CPU, x_T, cond, sampler)."""
-    from ..training.seeds import draw
+    from tqdm.auto import tqdm
+
+    from ..processes import get_process
+    from ..training.seeds import draw, seed_batches
 
     fs = load_engine_sampler(folder, backend, device, threads=threads, backbone=backbone, **kw)
     man = fs.manifest
     dev = _device(device)
     cs = CondSpec(**man["backbone"]["cond_spec"])
-    from ..processes import get_process
-
     prior_std = get_process(man["backbone"]["process"]).prior_std()
-    x_T, cond = draw(list(seeds), man["backbone"]["data_shape"], prior_std, cs, table)
     bs = batch_size or int(man["profile"]["opt"])
     bs = min(bs, int(man["profile"]["max"])) if backend == "trt" else bs
-    xs, parts = [], {"timesteps": [], "dtau": [], "gamma": []}
-    from tqdm.auto import tqdm
-
-    for lo in tqdm(range(0, len(x_T), bs), desc=f"sample ({backend})", disable=not progress):
-        xb = x_T[lo: lo + bs].to(dev)
-        cb = None if cond is None else cond[lo: lo + bs].to(dev)
-        x0, info = fs(xb, cb)
-        xs.append(x0.float().cpu())
-        d = info.get("discretization") if isinstance(info, dict) else None
-        if d is None:
-            d = fs.predictor(xb, cs.check(cb, xb.shape[0], "sampler"))
-        parts["timesteps"].append(d.timesteps.double().cpu())
-        parts["dtau"].append(d.dtau.double().cpu())
-        parts["gamma"].append(d.gamma.double().cpu())
-    return torch.cat(xs), {k: torch.cat(v) for k, v in parts.items()}, x_T, cond, fs
+    total = getattr(seeds, "count", None) or (len(seeds) if hasattr(seeds, "__len__") else None)
+    xs, xts, conds, parts = [], [], [], {"timesteps": [], "dtau": [], "gamma": []}
+    with tqdm(total=total, desc=f"sample ({backend})", disable=not progress) as bar:
+        for sb in seed_batches(seeds, bs):
+            x_T, cond = draw(sb, man["backbone"]["data_shape"], prior_std, cs, table)
+            xb = x_T.to(dev)
+            cb = None if cond is None else cond.to(dev)
+            x0, info = fs(xb, cb)
+            xs.append(x0.float().cpu())
+            xts.append(x_T)
+            conds.append(cond)
+            d = info.get("discretization") if isinstance(info, dict) else None
+            if d is None:
+                d = fs.predictor(xb, cs.check(cb, xb.shape[0], "sampler"))
+            parts["timesteps"].append(d.timesteps.double().cpu())
+            parts["dtau"].append(d.dtau.double().cpu())
+            parts["gamma"].append(d.gamma.double().cpu())
+            bar.update(len(sb))
+    if not xs:
+        raise ValueError("no seeds to sample")
+    cond = None if conds[0] is None else torch.cat(conds)
+    return torch.cat(xs), {k: torch.cat(v) for k, v in parts.items()}, torch.cat(xts), cond, fs

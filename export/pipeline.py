@@ -49,9 +49,12 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                   solver: str = "ipndm", order: Optional[int] = None, profile: Optional[Dict] = None,
                   tensorrt: bool = False, precision: str = "fp32", atol: float = 1e-4, verify: bool = True,
                   verify_batches=(1, 5), export_batch: int = 2, sigmas_seeds=None, extra: Optional[Dict] = None,
-                  log=print) -> Dict:
+                  overwrite: bool = False, log=print) -> Dict:
     """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization) and `backbone` into folder `out`.
-    Returns the manifest. The caller's modules are left in the training/eval mode they came in."""
+    Returns the manifest. The caller's modules are left in the training/eval mode they came in.
+    `out` must be new, empty, or an export folder: a teacher dataset or a training run is refused, and an
+    export of another backbone, predictor or solver is replaced only with overwrite=True."""
+    from ..io import EXPORT, claim_folder
     from ..solvers import get_solver
 
     solver_obj = get_solver(solver)
@@ -59,6 +62,10 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     profile = dict(profile or DEFAULT_PROFILE)
     check_profile(profile)
     _check_pair(model, backbone)
+    claim_folder(out, EXPORT, "export")
+    if not overwrite:
+        _check_same_export(Path(out), {"backbone_id": backbone.backbone_id, "predictor_id": predictor_id(model),
+                                       "solver": solver_obj.name, "order": order, "nfe": int(model.param.nfe)})
     if tensorrt:  # fail before the (long) ONNX export when TensorRT or the GPU is missing
         from .tensorrt import builder_options, trt_environment
 
@@ -79,6 +86,21 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     finally:
         for m, mode in modes.items():
             m.train(mode)
+
+
+def _check_same_export(out: Path, settings: Dict) -> None:
+    """Refuse to replace an export of other settings (backbone, predictor, solver, order, NFE) without overwrite."""
+    if not (out / mf.MANIFEST_NAME).is_file():
+        return
+    try:
+        old = mf.load_manifest(out)
+    except mf.ArtifactError:
+        return  # a damaged export of this kind: re-exporting repairs it
+    diff = [k for k, v in settings.items() if old.get(k) != v]
+    if diff:
+        raise FileExistsError(f"--out {out} holds an export of another {', '.join(diff)} ("
+                              + ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in diff)
+                              + "); pass --overwrite to replace it, or choose another folder")
 
 
 def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source, solver_obj, order, profile, tensorrt,
