@@ -235,8 +235,9 @@ setup(
         "scikit-learn",
     ],
     extras_require={
-        # diffusers: the adapter and the worked export example are tested with tiny random models (no download)
-        "test": ["pytest", "diffusers"],
+        # diffusers: the adapter and the worked export example are tested with tiny random models (no download);
+        # hypothesis: the fuzz tests of the native entry points (tests/test_native_fuzz.py, fixed seed)
+        "test": ["pytest", "diffusers", "hypothesis"],
         "tensorrt": ["tensorrt"],
         "diffusers": ["diffusers"],
     },
