@@ -1,14 +1,16 @@
 """Load an export folder (made by `indis export`) on one backend and sample from it.
 
 Backends:
-  torch    the PyTorch predictor (predictor.safetensors from the folder) and backbone (resolved from the spec in
-           the manifest, or passed in; its id must match the manifest); CUDA graphs with cuda_graph=True on GPU
+  torch    the PyTorch predictor (predictor.safetensors from the folder) and backbone (passed in, or the
+           manifest's backbone when it is a registry name: a folder never names code or paths to load; its id
+           must match the manifest); CUDA graphs with cuda_graph=True on GPU
   ort      predictor.onnx and backbone.onnx in ONNX Runtime (CPU, or CUDA with I/O binding)
   trt      the TensorRT engines in trt/ (rebuilt when stale and TensorRT can build; refused otherwise)
   native   the native sampler loop of indis.native (csrc/) driving the networks of `native_runtime`
            ("torch" by default, or "ort" / "trt")
 
-Every file is verified against the manifest (size and sha256) before it is used. The solver loop is the same
+Every file is verified against the manifest (size and sha256) before it is used; artifact names must be plain
+names inside the folder (indis.export.manifest). The solver loop is the same
 for torch / ort / trt (indis.solvers.sample, float32 state), so the backends differ only by the network runtime.
 """
 from __future__ import annotations

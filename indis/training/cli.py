@@ -1,10 +1,12 @@
 """`indis teacher | train | eval | sample`: teacher datasets, training, evaluation and sampling from the shell.
 
-Backbones are named by a spec:
+Backbones are named by a spec (indis.engines.spec.resolve_backbone):
   bundled            the bundled digits EDM network (indis.backbones.bundled.load_bundled)
   ideal              the ideal empirical denoiser of the digits training set (indis.backbones.ideal)
   gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.training.demo.ImageGMM)
-  module:function    any callable returning a backbone
+  edm:PRESET[:SEED], a convert-edm folder, module:function
+Every command checks its options and its output path before any work: each writes its own kind of folder
+(indis.io.claim_folder) and refuses the others'.
 Distributed runs: launch with torchrun; the process group is initialised from its environment (gloo on CPU,
 NCCL when CUDA is available).
 """
