@@ -176,6 +176,7 @@ def claim_folder(path, kind: str, command: str) -> Path:
     path = check_writable_dir(path)
     found = folder_kind(path)
     if found is not None and found != kind:
-        raise FileExistsError(f"--out {path} is a {found}; `indis {command}` writes a {kind} and would overwrite or "
+        a = lambda noun: ("an " if noun[0] in "aeiou" else "a ") + noun
+        raise FileExistsError(f"--out {path} is {a(found)}; `indis {command}` writes {a(kind)} and would overwrite or "
                               f"mix its files. Choose another folder")
     return path
