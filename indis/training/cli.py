@@ -53,7 +53,11 @@ def run_teacher(args) -> int:
     if args.prompt_table:
         from ..io import load_tensors
 
-        table = load_tensors(args.prompt_table)[0]["table"]
+        tensors = load_tensors(args.prompt_table)[0]
+        if "table" not in tensors:
+            raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] pooled prompt "
+                             f"embeddings); it has {sorted(tensors)}")
+        table = tensors["table"]
     cfg = TeacherConfig(count=args.count, first_seed=args.first_seed, shard_size=args.shard_size, solver=args.solver,
                         steps=args.steps, schedule=args.schedule, order=args.order, cfg_scale=args.cfg_scale,
                         state_dtype=args.state_dtype, batch_size=args.batch_size)
@@ -155,7 +159,7 @@ def run_eval(args) -> int:
     for spec in args.predictor or []:
         name, path = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
         model, meta = load_predictor(path, bb.backbone_id)
-        methods.setdefault(name, {})[int(meta["nfe"])] = model.eval()
+        methods.setdefault(name, {})[int(meta.get("nfe", model.param.nfe))] = model.eval()
     lp = None
     if args.lpips_weights or args.lpips:
         try:

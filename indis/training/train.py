@@ -374,6 +374,9 @@ def train(
         tensors, meta = load_tensors(ckpt)
         _check_same_run(ckpt, meta, bid, teacher, cfg_json)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        missing = [k for k in ("opt_groups", "best_val", "best_step", "step", "history") if k not in meta]
+        if missing or (use_ball and "ld3_z" not in tensors):
+            raise ValueError(f"{ckpt} lacks {missing or ['ld3_z']}: the checkpoint is damaged; start again with --overwrite")
         _opt_from_tensors(opt, tensors, meta["opt_groups"])
         best = {"val": meta["best_val"], "step": meta["best_step"], "state": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}}
         if use_ball:
