@@ -59,7 +59,7 @@ def resolve_backbone(spec: str, registry_only: bool = False):
             raise ValueError(f"backbone spec {spec!r}: expected edm:PRESET[:SEED] with PRESET one of {sorted(PRESETS)} "
                              "and SEED a non-negative integer (at most 18 digits)")
         seed = int(m.group(2) or 0)
-        return EDMBackbone.from_preset(parts[1], seed=seed).eval()
+        return EDMBackbone.from_preset(m.group(1), seed=seed).eval()
     if os.path.isdir(spec) or spec.endswith(".json"):
         from ..backbones.convert import load_backbone
 

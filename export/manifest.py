@@ -138,8 +138,9 @@ def _check_fields(m: Dict, path) -> None:
         if not isinstance(obj, dict) or key not in obj:
             raise ArtifactError(f"{path} has no {where}{key!r}: it is incomplete or was edited; re-run the export")
         v = obj[key]
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
-            raise ArtifactError(f"{path}: {where}{key!r} is {v!r}, expected {getattr(types, '__name__', types)}")
+        if isinstance(v, bool) or not isinstance(v, types):  # (no field here is a bool; True is an int)
+            names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise ArtifactError(f"{path}: {where}{key!r} is {v!r}, expected {names}")
         return v
 
     need(m, "backbone_id", str, "")

@@ -592,3 +592,22 @@ def test_11_files_get_the_umask_mode(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "t.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_1_registry_names(monkeypatch):
+    """What a manifest may name: the backbones that ship with indis, nothing with a path or an import."""
+    from indis.backbones.edm import EDMBackbone
+    from indis.engines.spec import is_registry_name, resolve_backbone
+
+    for ok in ("bundled", "ideal", "gmm-image", "edm:cifar10_uncond", "edm:ffhq64:7"):
+        assert is_registry_name(ok), ok
+    for bad in ("os:abort", "edm:nope", "edm:cifar10_uncond:-1", "edm:cifar10_uncond:1:2", "/tmp/x", "x.json", "", None):
+        assert not is_registry_name(bad), bad
+    with pytest.raises(ValueError, match="registry name"):
+        resolve_backbone("os:abort", registry_only=True)
+    with pytest.raises(ValueError, match="SEED a non-negative integer"):
+        resolve_backbone("edm:cifar10_uncond:x")
+    seen = []
+    monkeypatch.setattr(EDMBackbone, "from_preset", classmethod(lambda cls, name, seed=None: seen.append((name, seed)) or torch.nn.Identity()))
+    resolve_backbone("edm:afhq64:12", registry_only=True)
+    assert seen == [("afhq64", 12)]
