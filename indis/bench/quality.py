@@ -66,7 +66,7 @@ def run_quality(
             cfg = TrainConfig(method=m, nfe=k, steps=steps, batch_size=batch, lr=lr, init_schedule=best[k]["name"],
                               val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0)
             t1 = time.time()
-            meta = train(bb, tr, cfg, f"{work}/{m}_nfe{k}", resume=True, progress=progress)
+            meta = train(bb, tr, cfg, f"{work}/{m}_nfe{k}", overwrite=True, progress=progress)  # its own scratch runs
             model, _ = load_predictor(f"{work}/{m}_nfe{k}/predictor.safetensors", bb.backbone_id)
             models[m][k] = model.eval()
             train_info[f"{m}_nfe{k}"] = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"],
