@@ -199,7 +199,7 @@ def _fast_sample(predictor, backbone, teacher, engines_dir, log) -> Dict:
         ref = sample(backbone, x_T, predictor(x_T, cond), solver="ipndm", cond=cond, state_dtype=torch.float32)
     out: Dict = {"n": len(pos), "backends": {}}
     for backend in (["native"] if native_available() else []) + ["ort"]:
-        sampler = load_engine_sampler(engines_dir, backend=backend, log=log)
+        sampler = load_engine_sampler(engines_dir, backend=backend, backbone=backbone, log=log)
         x0, info = sampler(x_T, cond)
         out["backends"][backend] = {"path": info.get("path", backend), "max_abs_diff_vs_torch": float((x0 - ref).abs().max()),
                                     "total_ms": 1e3 * info["total"]}
