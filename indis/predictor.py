@@ -85,7 +85,8 @@ class Predictor(nn.Module):
         self.use_instance, self.use_cond = bool(use_instance), bool(use_cond)
         if not self.use_instance and (cond_spec.kind == "none" or not self.use_cond):
             raise ValueError("a predictor with neither instance nor condition input is a global schedule: use GlobalDiscretization")
-        self.prior_std = param.process.prior_std(param.T)
+        with torch.device("cpu"):  # a Python float, also when the module is built on the meta device
+            self.prior_std = param.process.prior_std(param.T)
         n = param.nfe
         if self.use_instance:
             if len(self.data_shape) == 1:
@@ -165,8 +166,9 @@ class GlobalDiscretization(nn.Module):
         return Discretization(d.timesteps.expand(b, -1), d.dtau.expand(b, -1), d.gamma.expand(b, -1))
 
 
-def build_from_config(cfg: Dict) -> nn.Module:
-    """Rebuild a Predictor or GlobalDiscretization (untrained) from its config()."""
+def build_from_config(cfg: Dict, device=None) -> nn.Module:
+    """Rebuild a Predictor or GlobalDiscretization (untrained) from its config(). device="meta" builds it
+    without memory (load_predictor checks a file's config against its weights that way first)."""
     cfg = dict(cfg)
     kind = cfg.pop("class")
     if kind == "Sampled":  # a learned discretization with the sampler options it was trained with
@@ -175,6 +177,13 @@ def build_from_config(cfg: Dict) -> nn.Module:
         return Sampled(build_from_config(cfg.pop("inner")), **cfg)
     param = DiscretizationParam.from_config(cfg.pop("param"))
     cond_spec = CondSpec(**cfg.pop("cond_spec"))
+    if device is not None:
+        with torch.device(device):
+            return _build(kind, param, cond_spec, cfg)
+    return _build(kind, param, cond_spec, cfg)
+
+
+def _build(kind: str, param: DiscretizationParam, cond_spec: CondSpec, cfg: Dict) -> nn.Module:
     if kind == "Predictor":
         return Predictor(param, cfg.pop("data_shape"), cond_spec, **cfg)
     if kind == "GlobalDiscretization":
@@ -219,8 +228,31 @@ def load_predictor(path, backbone_id: Optional[str] = None):
         raise ValueError(
             f"{path} was trained for backbone id {meta.get('backbone_id')}, but the given backbone has id {backbone_id}"
         )
+    _check_config_fits(path, meta["config"], tensors)
     model = build_from_config(meta["config"])
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     return model, meta
+
+
+def _check_config_fits(path, cfg, tensors: Dict[str, Tensor]) -> None:
+    """Build the config's module on the meta device (no memory) and compare every parameter and buffer shape
+    with the weights the file holds, before the real module is built: a config that asks for more than the
+    file holds (hidden=200000 with small weights: 160 GB) is refused here instead of being allocated."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("param"), dict) or not isinstance(cfg.get("cond_spec"), dict):
+        raise ValueError(f"{path}: the predictor config is not an object with 'class', 'param' and 'cond_spec'")
+    try:
+        meta_model = build_from_config(cfg, device="meta")
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"{path}: the predictor config is invalid ({type(e).__name__}: {e})") from None
+    want = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want.keys() != have.keys():
+        raise ValueError(f"{path}: weights do not match the config (missing {sorted(want.keys() - have.keys())}, "
+                         f"unexpected {sorted(have.keys() - want.keys())})")
+    bad = [k for k in want if want[k] != have[k]]
+    if bad:
+        k = bad[0]
+        raise ValueError(f"{path}: the config asks for {k} of shape {list(want[k])} but the file holds {list(have[k])} "
+                         f"({len(bad)} tensor(s) differ); the config does not describe these weights")

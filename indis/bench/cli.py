@@ -82,7 +82,7 @@ def run_bench(args) -> int:
         engines = {n: os.path.join(args.out, f"engines_nfe{n}") for n in nfes}
         for n in nfes:
             export_folder(phis[n], bb, engines[n], backbone_spec_str=args.backbone, tensorrt="trt" in args.backends
-                          and args.device.startswith("cuda"), log=lambda *a: None)
+                          and args.device.startswith("cuda"), overwrite=True, log=lambda *a: None)
         factory = phis.__getitem__
     report = run_latency(bb, nfes, args.batch, args.backends, device=args.device, predictor_factory=factory,
                          engines_dir=engines, warmup=args.warmup, reps=args.reps, progress=not args.no_progress)

@@ -94,7 +94,7 @@ def run_quality(
                             peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
                 cfg = TrainConfig(**{**opts, **base})
                 t1 = time.time()
-                meta = train(bb, tr, cfg, f"{work}/{tag}", progress=progress)
+                meta = train(bb, tr, cfg, f"{work}/{tag}", overwrite=True, progress=progress)  # its own scratch runs
                 model, _ = load_predictor(f"{work}/{tag}/predictor.safetensors", bb.backbone_id)
                 if sol != "ipndm" and not hasattr(model, "sampling"):  # evaluated with the solver it was trained through
                     model = Sampled(model, sol)

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..backbones.base import CondSpec
 from ..discretization import Discretization, DiscretizationParam
-from ..io import load_tensors, save_tensors
+from ..io import RUN_FORMAT, RUN_MARKER, TRAINING_RUN, atomic_write_json, claim_folder, load_tensors, save_tensors
 from ..predictor import GlobalDiscretization, Predictor, save_predictor
 from ..schedules import get_schedule
 from ..solvers import sample
@@ -100,17 +100,42 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"training options must be a JSON object of option: value, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.check_types()
+        return cfg
+
+    def check_types(self) -> None:
+        """Every option has the type of its field (a bool is not an int; an int is a float): a config file with
+        "steps": "x" is a clear ValueError here, not a TypeError deep in the training loop."""
+        for f in fields(self):
+            v, typ = getattr(self, f.name), str(f.type)
+            optional = typ.startswith("Optional[")
+            base = typ[len("Optional["):-1] if optional else typ
+            if v is None and optional:
+                continue
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "str": isinstance(v, str), "bool": isinstance(v, bool)}.get(base, True)
+            if not ok:
+                raise ValueError(f"training option {f.name} must be {'null or ' if optional else ''}{'a' if base != 'int' else 'an'} "
+                                 f"{base}, got {v!r}")
+            if base == "float" and not isinstance(v, float):
+                setattr(self, f.name, float(v))
 
     def validate(self) -> None:
+        self.check_types()
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.nfe < 1 or self.steps < 1 or self.batch_size < 1:
             raise ValueError("nfe, steps and batch_size must be positive")
+        if self.val_every < 1 or self.ckpt_every < 1 or self.eval_batch_size < 1 or self.hidden < 1 or self.conv_width < 1:
+            raise ValueError("val_every, ckpt_every, eval_batch_size, hidden and conv_width must be positive")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         parse_dtype(self.backbone_dtype)
@@ -308,6 +333,61 @@ def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, cfg_json: Dict) -> None:
+    """Refuse to continue a run (its checkpoint or run.json `meta`) with another backbone, teacher or config."""
+    if meta.get("backbone_id") != bid:
+        raise ValueError(f"{path} belongs to backbone id {meta.get('backbone_id')}, not {bid}; resume with the backbone "
+                         "the run started with, or train into another folder")
+    fp = meta.get("teacher_fingerprint")
+    if fp is not None:
+        same_teacher = fp == teacher.fingerprint
+    else:  # checkpoints written before fingerprints: the teacher's folder
+        same_teacher = Path(str(meta.get("teacher"))).resolve() == Path(teacher.root).resolve()
+    if not same_teacher:
+        raise ValueError(f"{path} was trained on another teacher dataset ({meta.get('teacher')}) than {teacher.root}; "
+                         "resuming would mix two training and validation sets. Resume with the run's teacher, or train "
+                         "into another folder")
+    if meta.get("config") != cfg_json:
+        old = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        diff = sorted(k for k in cfg_json if old.get(k) != cfg_json[k])
+        raise ValueError(f"{path} was written with other settings ({', '.join(diff)}); resume with the same options")
+
+
+def check_run_folder(out_dir, resume: bool = False, overwrite: bool = False) -> Path:
+    """What `indis train --out` checks before any work: a writable folder that is no teacher dataset or export
+    folder, and, without resume, no earlier run there unless overwrite."""
+    out = claim_folder(out_dir, TRAINING_RUN, "train")
+    ckpt, pred = out / "checkpoint.safetensors", out / "predictor.safetensors"
+    if not resume and not overwrite and (ckpt.is_file() or pred.is_file()):
+        what = "a checkpoint" if ckpt.is_file() else "a trained predictor"
+        raise FileExistsError(f"--out {out} already holds {what} of a training run; pass --resume to continue it or "
+                              "--overwrite to delete it and start again (or choose another folder)")
+    return out
+
+
+def _claim_run(out_dir, bid: str, teacher: TeacherDataset, cfg_json: Dict, resume: bool, overwrite: bool, rank: int) -> Path:
+    """The run folder, checked before any work (see train), with run.json written for this run."""
+    out = check_run_folder(out_dir, resume, overwrite)
+    marker, ckpt, pred = out / RUN_MARKER, out / "checkpoint.safetensors", out / "predictor.safetensors"
+    run = {"format": RUN_FORMAT, "backbone_id": bid, "teacher": str(teacher.root), "teacher_fingerprint": teacher.fingerprint,
+           "config": cfg_json}
+    if resume and marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except ValueError as e:
+            raise ValueError(f"{marker} is not valid JSON ({e}); the run folder is damaged") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{marker} is not a JSON object; the run folder is damaged")
+        _check_same_run(marker, old, bid, teacher, cfg_json)
+    elif not resume and rank == 0:  # (an earlier run is only still there with overwrite: delete it, never mix)
+        ckpt.unlink(missing_ok=True)
+        pred.unlink(missing_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, run)
+    return out
+
+
 def train(
     backbone,
     teacher: TeacherDataset,
@@ -319,9 +399,14 @@ def train(
     stop_after: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
     on_done: Optional[Callable[[nn.Module], None]] = None,
+    overwrite: bool = False,
 ) -> Dict:
-    """Train per cfg; writes out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the
-    best validation weights, loadable with indis.predictor.load_predictor). Returns the final metadata.
+    """Train per cfg; writes out_dir/run.json (what the run is: backbone, teacher, config),
+    out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the best validation weights,
+    loadable with indis.predictor.load_predictor). Returns the final metadata.
+    resume: continue from the checkpoint; the backbone, the teacher dataset and the config must be the ones the
+    run started with. Without resume an existing run (checkpoint or predictor) is refused unless overwrite,
+    which deletes it first. A folder of another kind (teacher dataset, export folder) is always refused.
     stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any.
     on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
@@ -330,12 +415,13 @@ def train(
 
         return train_peer(backbone, teacher, cfg, out_dir, log=log, device=device, on_done=on_done)
     rank, world = _dist()
-    out = Path(out_dir)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     bid = backbone.backbone_id
     if teacher.backbone_id != bid:
         raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
+    cfg_json = json.loads(json.dumps(asdict(cfg)))
+    out = _claim_run(out_dir, bid, teacher, cfg_json, resume, overwrite, rank)
     dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -357,15 +443,13 @@ def train(
     start, history = 0, []
     best = {"val": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
     ckpt = out / "checkpoint.safetensors"
-    cfg_json = json.loads(json.dumps(asdict(cfg)))
     if resume and ckpt.is_file():
         tensors, meta = load_tensors(ckpt)
-        if meta.get("backbone_id") != bid:
-            raise ValueError(f"{ckpt} belongs to backbone id {meta.get('backbone_id')}, not {bid}")
-        if meta.get("config") != cfg_json:
-            diff = sorted(k for k in cfg_json if meta.get("config", {}).get(k) != cfg_json[k])
-            raise ValueError(f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the same options")
+        _check_same_run(ckpt, meta, bid, teacher, cfg_json)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        missing = [k for k in ("opt_groups", "best_val", "best_step", "step", "history") if k not in meta]
+        if missing or (use_ball and "ld3_z" not in tensors):
+            raise ValueError(f"{ckpt} lacks {missing or ['ld3_z']}: the checkpoint is damaged; start again with --overwrite")
         _opt_from_tensors(opt, tensors, meta["opt_groups"])
         best = {"val": meta["best_val"], "step": meta["best_step"], "state": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}}
         if use_ball:
@@ -388,7 +472,7 @@ def train(
             tensors["ld3_z"] = z
         save_tensors(ckpt, tensors, {"step": step, "config": cfg_json, "backbone_id": bid, "opt_groups": groups,
                                      "best_val": best["val"], "best_step": best["step"], "history": history,
-                                     "teacher": str(teacher.root)})
+                                     "teacher": str(teacher.root), "teacher_fingerprint": teacher.fingerprint})
 
     def validate(step):
         m = evaluate_split(model, net, teacher, val_pos, distance, cfg, dev)
