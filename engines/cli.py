@@ -31,7 +31,7 @@ def run_export(args) -> int:
     from ..export.pipeline import export_folder
     from ..io import EXPORT, claim_folder
     from ..predictor import load_predictor
-    from ..training.seeds import parse_seeds
+    from ..sampling.seeds import parse_seeds
     from .spec import resolve_backbone
 
     claim_folder(args.out, EXPORT, "export")  # before any work
@@ -99,7 +99,7 @@ def add_sample_options(p) -> None:
 
 def sample_from_engines(args, seeds):
     """(x0 [S, ...], discretization parts, x_T, cond, predictor callable) for `indis sample --engines`.
-    seeds: the parsed --seeds (a list or indis.training.seeds.SeedList). --backbone, when given, is the torch
+    seeds: the parsed --seeds (a list or indis.sampling.seeds.SeedList). --backbone, when given, is the torch
     backbone of the torch / native backends (its id must be the manifest's); the manifest itself only ever names
     a registry backbone."""
     from ..discretization import Discretization

@@ -170,14 +170,14 @@ def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optio
 
 def sample_seeds(folder, seeds: Iterable[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
                  backbone=None, table=None, progress: bool = False, **kw):
-    """Samples for seeds (a list, or an indis.training.seeds.SeedList; per-seed x_T and condition as
-    indis.training.seeds, so the same seed gives the same sample at any batch size and on every backend). The
+    """Samples for seeds (a list, or an indis.sampling.seeds.SeedList; per-seed x_T and condition as
+    indis.sampling.seeds, so the same seed gives the same sample at any batch size and on every backend). The
     prior noise is drawn batch by batch. Returns (x0 [S, ...] float32 CPU, discretizations
     {timesteps, dtau, gamma} [S, ...] float64 CPU, x_T, cond, sampler)."""
     from tqdm.auto import tqdm
 
     from ..processes import get_process
-    from ..training.seeds import draw, seed_batches
+    from ..sampling.seeds import draw, seed_batches
 
     fs = load_engine_sampler(folder, backend, device, threads=threads, backbone=backbone, **kw)
     man = fs.manifest

@@ -8,7 +8,7 @@
   diffusers:PATH          a local diffusers pipeline folder or save_pretrained model folder
                           (indis.backbones.diffusers.DiffusersAdapter.from_pretrained; never downloads)
   ideal                   the ideal (empirical) denoiser of the digits training split
-  gmm-image               a small image-like Gaussian mixture (indis.training.demo.ImageGMM), for tests and demos
+  gmm-image               a small image-like Gaussian mixture (indis.backbones.demo.ImageGMM), for tests and demos
   module:function         any importable factory returning a Backbone
 Every command that takes `--backbone` resolves it here.
 
@@ -72,7 +72,7 @@ def resolve_backbone(spec: str, registry_only: bool = False):
 
         return IdealDenoiser(load_digits_split("train")[0]).eval()
     if spec == "gmm-image":
-        from ..training.demo import ImageGMM
+        from ..backbones.demo import ImageGMM
 
         return ImageGMM().eval()
     if spec.startswith("diffusers:"):

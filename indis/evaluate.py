@@ -23,8 +23,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .training.losses import mse
-from .training.train import FixedDiscretization, heuristic, solve
+from .metrics.distances import mse
+from .sampling.fixed import heuristic
+from .sampling.solve import solve
 
 Tensor = torch.Tensor
 

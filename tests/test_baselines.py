@@ -11,11 +11,13 @@ from indis.baselines import dmn, gits, sdm
 from indis.baselines.common import pilot_trajectory, ve_s
 from indis.baselines.search import best_heuristic
 from indis.evaluate import evaluate_methods
-from indis.predictor import load_predictor, save_predictor
+from indis.predictor import save_predictor
 from indis.schedules import get_schedule
 from indis.solvers import sample
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
-from indis.training.train import TrainConfig, solve, train
+from indis.sampling.load import load_predictor
+from indis.sampling.solve import solve
+from indis.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +256,7 @@ def test_best_heuristic_searches_schedules_and_solvers(gmm, teacher):
 
 def test_export_uses_the_peer_solver_and_refuses_what_engines_cannot_run(tmp_path):
     from indis.export.pipeline import export_folder
-    from indis.training.demo import ImageGMM
+    from indis.backbones.demo import ImageGMM
 
     bb = ImageGMM(channels=1, res=8, components=3)
     m = peer_schedule(bb, get_schedule("logsnr", bb.process, 3), solver="dpmpp_2m", method="gits")

@@ -63,7 +63,7 @@ def bb():
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, bb):
     from indis.export.pipeline import export_folder
-    from indis.training.train import heuristic
+    from indis.sampling.fixed import heuristic
 
     folder = tmp_path_factory.mktemp("hostile") / "engines"
     export_folder(heuristic(bb, "polynomial", 5), bb, folder, backbone_spec_str="gmm-image",
@@ -325,7 +325,7 @@ def test_5_huge_predictor_config_is_refused_before_allocation(tmp_path):
     path = tmp_path / "p.safetensors"
     save_tensors(path, m.state_dict(), {"config": dict(m.config(), hidden=200000), "nfe": 3})
     r = run_isolated(f"""
-        from indis.predictor import load_predictor
+        from indis.sampling.load import load_predictor
         try:
             load_predictor({str(path)!r})
             print("LOADED")
@@ -335,7 +335,7 @@ def test_5_huge_predictor_config_is_refused_before_allocation(tmp_path):
     assert r.returncode == 0 and "REFUSED" in r.stdout and "the file holds" in r.stdout, (r.stdout, r.stderr[-1500:])
     # a mistyped config value is a clear error too
     save_tensors(path, m.state_dict(), {"config": dict(m.config(), hidden="wide"), "nfe": 3})
-    from indis.predictor import load_predictor
+    from indis.sampling.load import load_predictor
 
     with pytest.raises(ValueError, match="config is invalid"):
         load_predictor(path)
@@ -463,7 +463,7 @@ def test_9_huge_seed_range_in_bounded_memory(tmp_path):
     assert r.returncode == 2 and "at most" in r.stderr and "Traceback" not in r.stderr, (r.returncode, r.stderr[-1500:])
     from itertools import islice
 
-    from indis.training.seeds import parse_seeds, seed_batches
+    from indis.sampling.seeds import parse_seeds, seed_batches
 
     s = parse_seeds("0-999999999,5")
     assert s.count == 1_000_000_001 and list(islice(s, 3)) == [0, 1, 2]
@@ -473,7 +473,7 @@ def test_9_huge_seed_range_in_bounded_memory(tmp_path):
 def test_9_seed_streaming_through_the_engines(export_dir):
     """Seeds go through the engines batch by batch: a SeedList gives the samples of the same list."""
     from indis.engines.loader import sample_seeds
-    from indis.training.seeds import parse_seeds
+    from indis.sampling.seeds import parse_seeds
 
     a, *_ = sample_seeds(export_dir, parse_seeds("3-7,11"), "ort", batch_size=2)
     b, *_ = sample_seeds(export_dir, [3, 4, 5, 6, 7, 11], "ort", batch_size=6)
@@ -483,7 +483,7 @@ def test_9_seed_streaming_through_the_engines(export_dir):
 def test_9_conflicting_nfe_is_refused(export_dir, bb, tmp_path, capsys):
     """Before: `--nfe 3` with an NFE-5 predictor was silently ignored."""
     from indis.predictor import save_predictor
-    from indis.training.train import heuristic
+    from indis.sampling.fixed import heuristic
 
     pred = tmp_path / "p5.safetensors"
     save_predictor(pred, heuristic(bb, "polynomial", 5), {"backbone_id": bb.backbone_id})

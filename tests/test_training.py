@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from indis.io import load_tensors
-from indis.predictor import GlobalDiscretization, Predictor, load_predictor
-from indis.training.demo import ImageGMM
-from indis.training.ld3 import LD3Discretization, ball_proposal, ball_radius
+from indis.predictor import GlobalDiscretization, Predictor
+from indis.sampling.load import load_predictor
+from indis.backbones.demo import ImageGMM
+from indis.baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
 from indis.training.train import TrainConfig, build_model, cosine_lr, train
 

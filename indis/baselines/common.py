@@ -3,7 +3,7 @@ the multistep solvers, the analytical first step (AFS), and pilot trajectories w
 
 PeerSchedule: a FixedDiscretization (fixed timesteps, no shift, unit scale) that also records how it must be
 sampled: its solver and order, an optional per-step order list and whether the first network call is replaced
-by the analytical estimate. `indis.training.train.solve` (and so evaluation, `indis eval` and `indis sample`)
+by the analytical estimate. `indis.sampling.solve.solve` (and so evaluation, `indis eval` and `indis sample`)
 honours these through `sampling()`; it saves and loads through the predictor safetensors format.
 
 Per-step orders (`order_scheduled`): step i of a multistep solver uses order min(orders[i], the solver's own
@@ -26,7 +26,7 @@ from ..backbones.base import CondSpec
 from ..discretization import DiscretizationParam
 from ..processes import _bcast
 from ..solvers import Solver, get_solver, sample
-from ..training.train import FixedDiscretization
+from ..sampling.fixed import FixedDiscretization
 
 Tensor = torch.Tensor
 

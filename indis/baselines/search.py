@@ -1,5 +1,5 @@
-"""The peers behind the training interface: `indis train --method gits|dmn|sdm` (indis.training.train.train hands
-these methods to `train_peer`) builds the method's schedule from pilot samples of the training teacher set, for
+"""The peers' search: `indis train --method gits|dmn|sdm` (indis.training.train.train hands these methods to
+indis.training.peers.train_peer, which calls `select` here) builds the method's schedule from pilot samples of the training teacher set, for
 every solver of `peer_solvers` and with/without AFS (`peer_afs`), and keeps the candidate with the least
 validation distance to the teacher, as the seed paper reports each baseline with its best solver and the best of
 with and without AFS. The result is a PeerSchedule in predictor.safetensors (load_predictor reads it; its
@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..predictor import save_predictor
+from ..metrics.distances import mse
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.solve import solve
 from ..schedules import get_schedule
-from ..training.losses import get_distance, mse
-from ..training.teacher import parse_dtype
-from ..training.train import TrainConfig, solve, split_indices, student_backbone
+from ..solvers import get_solver
 from . import dmn, gits, sdm
 from .common import PeerSchedule, peer_schedule
 
@@ -44,8 +42,6 @@ def parse_afs(spec: str) -> Tuple[bool, ...]:
 
 
 def parse_solvers(spec) -> Tuple[str, ...]:
-    from ..solvers import get_solver
-
     names = tuple(s.strip() for s in spec.split(",") if s.strip()) if isinstance(spec, str) else tuple(spec)
     if not names:
         raise ValueError("give at least one solver to search")
@@ -151,60 +147,12 @@ def _jsonable(d):
         return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
 
 
-def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=None, on_done=None) -> Dict:
-    """`train` for the training-free peers: pilots from the training split (the first cfg.pilots of a seeded
-    permutation), selection on the validation split with the configured distance; writes predictor.safetensors."""
-    from ..training.train import _dist
-
-    rank, _ = _dist()
-    bid = backbone.backbone_id
-    if teacher.backbone_id != bid:
-        raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
-    dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
-    sd = parse_dtype(cfg.state_dtype)
-    net = student_backbone(backbone, cfg.cfg_scale, cfg.backbone_dtype)
-    train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
-    perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
-    pil = train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values]
-    x_p, c_p, _ = teacher.batch(pil, dev, sd)
-    x_v, c_v, x0_v = teacher.batch(val_pos, dev, sd)
-    distance = get_distance(cfg.loss, cfg.lpips_net, cfg.lpips_weights, dev)
-    options = json.loads(cfg.peer_options) if cfg.peer_options else {}
-    model, rep = select(cfg.method, backbone, cfg.nfe, (x_p, c_p), (x_v, c_v, x0_v), parse_solvers(cfg.peer_solvers),
-                        parse_afs(cfg.peer_afs), distance, options, net=net, log=log)
-    # the reference a trained method starts from: cfg.init_schedule sampled with cfg.solver
-    init = peer_schedule(net, get_schedule(cfg.init_schedule, backbone.process, cfg.nfe), cfg.solver, cfg.order,
-                         method=f"heuristic:{cfg.init_schedule}")
-    initial_val = _score(init, net, x_v, c_v, x0_v, distance)["distance"]
-    meta = {
-        "method": cfg.method,
-        "nfe": cfg.nfe,
-        "solver": model.solver_name,
-        "afs": model.afs,
-        "process": backbone.process.config(),
-        "backbone_id": bid,
-        "train_config": json.loads(json.dumps(asdict(cfg))),
-        "teacher": {"root": str(teacher.root), "teacher": teacher.manifest["teacher"], "count": len(teacher)},
-        "metrics": {"best_val": rep["best_val"], "initial_val": initial_val, "best_step": 0, "search": rep,
-                    "train_seconds_this_run": rep["search_seconds"]},
-        "params": 0,
-    }
-    if rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_predictor(Path(out_dir) / "predictor.safetensors", model, meta)
-    if on_done is not None:
-        on_done(model)
-    return meta
-
-
 def best_heuristic(backbone, teacher, nfe: int, names: Sequence[str] = HEURISTIC_NAMES, solvers: Sequence[str] = SEARCH_SOLVERS,
                    afs: Sequence[bool] = (False,), positions=None, key: str = "mse", batch: int = 256) -> Tuple[PeerSchedule, Dict]:
     """The best heuristic schedule over names x solvers (x AFS) on a teacher set by `key` ("mse"): the seed paper's
     "best heuristic" row, each sampled with its own solver."""
     pos = torch.arange(len(teacher)) if positions is None else torch.as_tensor(positions)
     x_T, cond, x0s = teacher.batch(pos)
-    from ..training.teacher import GuidedBackbone
-
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     best, rows = None, []
     for name in names:

@@ -3,7 +3,7 @@
 Backbones are named by a spec (indis.engines.spec.resolve_backbone):
   bundled            the bundled digits EDM network (indis.backbones.bundled.load_bundled)
   ideal              the ideal empirical denoiser of the digits training set (indis.backbones.ideal)
-  gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.training.demo.ImageGMM)
+  gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.backbones.demo.ImageGMM)
   edm:PRESET[:SEED], a convert-edm folder, module:function
 Every command checks its options and its output path before any work: each writes its own kind of folder
 (indis.io.claim_folder) and refuses the others'.

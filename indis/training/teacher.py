@@ -4,7 +4,7 @@ Layout of a dataset folder:
   manifest.json            format, backbone id and config, process, teacher settings, count, shards + sha256
   shard_00000.safetensors  seeds [n] int64, x0 [n, *data_shape] float32, cond [n] or [n, dim] (conditional only)
   shard_00000.json         sidecar written after its shard: {"sha256": ..., "count": ...}
-The prior noise is *not* stored: x_T is regenerated bit-exactly from the seed (indis.training.seeds).
+The prior noise is *not* stored: x_T is regenerated bit-exactly from the seed (indis.sampling.seeds).
 
 Generation is resumable: shards whose file and sidecar exist and agree are skipped, so an interrupted run
 continues where it stopped. With torch.distributed initialised, shard i is made by rank i % world_size; rank 0
@@ -28,7 +28,8 @@ from ..backbones.base import CondSpec
 from ..io import TEACHER, atomic_write_json, claim_folder, load_tensors, save_tensors, sha256_file
 from ..schedules import get_schedule
 from ..solvers import get_solver, sample
-from .seeds import draw
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.seeds import draw
 
 Tensor = torch.Tensor
 FORMAT = "indis-teacher/1"
@@ -41,37 +42,6 @@ def parse_dtype(name) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-class GuidedBackbone(torch.nn.Module):
-    """Classifier-free guidance around a conditional backbone: out = u + scale (c - u), where u is the
-    prediction with the null condition (an all-zero one-hot / embedding, as EDM-style label dropout trains it).
-    Guidance is applied to the raw prediction, which is linear in eps, x0 and velocity alike. scale = 1 is the
-    plain conditional model (one call); other scales cost one batched call of twice the batch."""
-
-    def __init__(self, backbone, scale: float = 1.0):
-        super().__init__()
-        self.inner = backbone
-        self.scale = float(scale)
-        self.process = backbone.process
-        self.prediction_type = backbone.prediction_type
-        self.data_shape = tuple(backbone.data_shape)
-        self.cond_spec = getattr(backbone, "cond_spec", CondSpec())
-        if self.scale != 1.0 and self.cond_spec.kind == "none":
-            raise ValueError("a classifier-free guidance scale needs a conditional backbone")
-
-    @property
-    def backbone_id(self) -> str:
-        return self.inner.backbone_id
-
-    def forward(self, x, t, cond=None):
-        if self.scale == 1.0 or cond is None:
-            return self.inner(x, t, cond)
-        c = self.cond_spec.check(cond, x.shape[0], "guidance").to(x.dtype)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        out = self.inner(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, torch.zeros_like(c)]))
-        cnd, unc = out.chunk(2)
-        return unc + self.scale * (cnd - unc)
 
 
 @dataclass

@@ -4,7 +4,7 @@ teacher's endpoint, and the global baselines trained by the same loop.
 Methods (TrainConfig.method):
   indis   the instance-aware predictor (indis.predictor.Predictor)
   god     one global {tau, dtau, gamma} (GlobalDiscretization)
-  ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+  ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.baselines.ld3)
   amed    AMED-Plugin on iPNDM (indis.baselines.amed): a small network predicting each coarse step's intermediate
           point and scales, trained by this loop (NFE even: 2K calls; odd: 2K - 1 with AFS)
   gits, dmn, sdm  training-free peers (indis.baselines): searched over solvers and AFS, not trained
@@ -12,7 +12,7 @@ Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the cond
 no_scale (b_gamma = 0), no_cond (phi does not see the condition).
 
 Loop: Adam, cosine learning rate from lr to lr * lr_min_factor; a held-out validation split (a fixed random
-part of the teacher set, chosen by the seed); the distance d of indis.training.losses; the weights with the
+part of the teacher set, chosen by the seed); the distance d of indis.metrics.distances; the weights with the
 best validation distance are the result. Batches are a function of (seed, step) alone (an epoch-wise random
 permutation), so a run is deterministic for a seed and resumes exactly: the checkpoint (safetensors, written
 atomically every ckpt_every steps) holds the model, Adam's state, the best weights, the LD3 latents and the
@@ -42,14 +42,20 @@ import torch
 from torch import nn
 
 from ..backbones.base import CondSpec
-from ..discretization import Discretization, DiscretizationParam
+from ..baselines import sdm
+from ..baselines.amed import AMEDPlugin, amed_steps
+from ..baselines.common import Sampled, peer_schedule
+from ..baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
+from ..baselines.search import _score, parse_afs, parse_solvers, select
+from ..discretization import DiscretizationParam
 from ..io import RUN_FORMAT, RUN_MARKER, TRAINING_RUN, atomic_write_json, claim_folder, load_tensors, save_tensors
+from ..metrics.distances import get_distance, mse
 from ..predictor import GlobalDiscretization, Predictor, save_predictor
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.solve import solve
 from ..schedules import get_schedule
 from ..solvers import sample
-from .ld3 import LD3Discretization, ball_proposal, ball_radius
-from .losses import get_distance, mse
-from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
+from .teacher import TeacherDataset, parse_dtype
 
 Tensor = torch.Tensor
 PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
@@ -148,8 +154,6 @@ class TrainConfig:
             except ValueError:
                 raise ValueError(f"orders must be a comma-separated list of integers or 'sdm', got {self.orders!r}") from None
         if self.method in PEER_METHODS:
-            from ..baselines.search import parse_afs, parse_solvers
-
             parse_afs(self.peer_afs)
             parse_solvers(self.peer_solvers)
             if self.pilots < 1:
@@ -158,30 +162,6 @@ class TrainConfig:
                 opts = json.loads(self.peer_options)
                 if not isinstance(opts, dict):
                     raise ValueError(f"peer_options must be a JSON object, got {self.peer_options!r}")
-
-
-class FixedDiscretization(nn.Module):
-    """A fixed (heuristic) schedule with the predictor interface."""
-
-    def __init__(self, param: DiscretizationParam, timesteps: Tensor, data_shape: Sequence[int] = (), cond_spec: CondSpec = CondSpec()):
-        super().__init__()
-        self.param = param
-        self.data_shape = tuple(int(d) for d in data_shape)
-        self.cond_spec = cond_spec
-        self.register_buffer("timesteps", torch.as_tensor(timesteps, dtype=torch.float64).clone())
-
-    def config(self) -> Dict:
-        return {"class": "FixedDiscretization", "param": self.param.config(), "data_shape": list(self.data_shape), "cond_spec": self.cond_spec.to_dict()}
-
-    def forward(self, x_T: Tensor, cond=None) -> Discretization:
-        b = x_T.shape[0]
-        ts = self.timesteps.to(x_T.device).expand(b, -1)
-        return Discretization(ts, torch.zeros_like(ts[:, :-1]), torch.ones_like(ts[:, :-1]))
-
-
-def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
-    param = DiscretizationParam(backbone.process, nfe, b_dtau=0.0, b_gamma=0.0)
-    return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
 
 
 def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = None) -> nn.Module:
@@ -197,8 +177,6 @@ def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = N
                                 b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
     init = init_timesteps if init_timesteps is not None else get_schedule(cfg.init_schedule, proc, steps)
     if cfg.method == "amed":
-        from ..baselines.amed import AMEDPlugin, amed_steps
-
         k, _ = amed_steps(cfg.nfe)
         return AMEDPlugin(DiscretizationParam(proc, k, b_dtau=0.0, b_gamma=0.0), get_schedule(cfg.init_schedule, proc, k),
                           backbone.data_shape, cs, nfe=cfg.nfe, hidden=cfg.hidden, conv_width=cfg.conv_width)
@@ -229,17 +207,6 @@ def student_backbone(backbone, cfg_scale: float = 1.0, dtype: str = "float32"):
     m = GuidedBackbone(backbone, cfg_scale)
     dt = parse_dtype(dtype)
     return m if dt in (torch.float32, torch.float64) else AutocastBackbone(m, dt)
-
-
-def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_dtype=torch.float32, checkpoint=False):
-    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve. A model with a
-    `sampling` method (indis.baselines.PeerSchedule) replaces solver, order and backbone by its own choices."""
-    disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
-    if getattr(model_or_disc, "runs_sampler", False):  # a plugin sampler (AMED) runs the solve itself
-        return model_or_disc(x_T, cond, backbone, state_dtype=state_dtype, checkpoint=checkpoint)
-    if hasattr(model_or_disc, "sampling"):  # a method with its own solver, per-step orders or AFS (indis.baselines)
-        solver, order, backbone = model_or_disc.sampling(solver, order, backbone)
-    return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
 
 
 def _dist():
@@ -304,13 +271,55 @@ def evaluate_split(model, backbone, teacher: TeacherDataset, positions: Tensor, 
     return {"distance": tot_d / n, "mse": tot_m / n}
 
 
+def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=None, on_done=None) -> Dict:
+    """`train` for the training-free peers: pilots from the training split (the first cfg.pilots of a seeded
+    permutation), selection on the validation split with the configured distance; writes predictor.safetensors."""
+    rank, _ = _dist()
+    bid = backbone.backbone_id
+    if teacher.backbone_id != bid:
+        raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
+    dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    sd = parse_dtype(cfg.state_dtype)
+    net = student_backbone(backbone, cfg.cfg_scale, cfg.backbone_dtype)
+    train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
+    perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+    pil = train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values]
+    x_p, c_p, _ = teacher.batch(pil, dev, sd)
+    x_v, c_v, x0_v = teacher.batch(val_pos, dev, sd)
+    distance = get_distance(cfg.loss, cfg.lpips_net, cfg.lpips_weights, dev)
+    options = json.loads(cfg.peer_options) if cfg.peer_options else {}
+    model, rep = select(cfg.method, backbone, cfg.nfe, (x_p, c_p), (x_v, c_v, x0_v), parse_solvers(cfg.peer_solvers),
+                        parse_afs(cfg.peer_afs), distance, options, net=net, log=log)
+    # the reference a trained method starts from: cfg.init_schedule sampled with cfg.solver
+    init = peer_schedule(net, get_schedule(cfg.init_schedule, backbone.process, cfg.nfe), cfg.solver, cfg.order,
+                         method=f"heuristic:{cfg.init_schedule}")
+    initial_val = _score(init, net, x_v, c_v, x0_v, distance)["distance"]
+    meta = {
+        "method": cfg.method,
+        "nfe": cfg.nfe,
+        "solver": model.solver_name,
+        "afs": model.afs,
+        "process": backbone.process.config(),
+        "backbone_id": bid,
+        "train_config": json.loads(json.dumps(asdict(cfg))),
+        "teacher": {"root": str(teacher.root), "teacher": teacher.manifest["teacher"], "count": len(teacher)},
+        "metrics": {"best_val": rep["best_val"], "initial_val": initial_val, "best_step": 0, "search": rep,
+                    "train_seconds_this_run": rep["search_seconds"]},
+        "params": 0,
+    }
+    if rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_predictor(Path(out_dir) / "predictor.safetensors", model, meta)
+    if on_done is not None:
+        on_done(model)
+    return meta
+
+
 def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, dev, sd) -> nn.Module:
     """build_model, started from SDM's schedule when init_schedule is sdm, and wrapped with per-step orders and AFS
     (indis.baselines.common.Sampled) when asked for; SDM's schedule and orders come from cfg.pilots training pilots."""
     init = orders = None
     if cfg.init_schedule == "sdm" or cfg.orders == "sdm":
-        from ..baselines import sdm
-
         perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
         x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
         steps = cfg.nfe + int(cfg.afs)
@@ -324,8 +333,6 @@ def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, d
     model = build_model(cfg, backbone, init)
     if orders is None and not cfg.afs:
         return model
-    from ..baselines.common import Sampled
-
     return Sampled(model, cfg.solver, cfg.order, orders, cfg.afs)
 
 
@@ -403,7 +410,7 @@ def train(
 ) -> Dict:
     """Train per cfg; writes out_dir/run.json (what the run is: backbone, teacher, config),
     out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the best validation weights,
-    loadable with indis.predictor.load_predictor). Returns the final metadata.
+    loadable with indis.sampling.load.load_predictor). Returns the final metadata.
     resume: continue from the checkpoint; the backbone, the teacher dataset and the config must be the ones the
     run started with. Without resume an existing run (checkpoint or predictor) is refused unless overwrite,
     which deletes it first. A folder of another kind (teacher dataset, export folder) is always refused.
@@ -411,8 +418,6 @@ def train(
     on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
     if cfg.method in PEER_METHODS:
-        from ..baselines.search import train_peer
-
         return train_peer(backbone, teacher, cfg, out_dir, log=log, device=device, on_done=on_done)
     rank, world = _dist()
     if cfg.batch_size % world:
