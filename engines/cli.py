@@ -30,7 +30,7 @@ def run_export(args) -> int:
 
     from ..export.pipeline import export_folder
     from ..io import EXPORT, claim_folder
-    from ..predictor import load_predictor
+    from ..sampling.load import load_predictor
     from ..sampling.seeds import parse_seeds
     from .spec import resolve_backbone
 
@@ -49,7 +49,7 @@ def run_export(args) -> int:
     else:
         if not args.nfe:
             raise ValueError("give --predictor CKPT, or --schedule NAME --nfe N for a heuristic schedule")
-        from ..training.train import heuristic
+        from ..sampling.fixed import heuristic
 
         model = heuristic(bb, args.schedule, args.nfe)
     solver = args.solver or meta.get("solver") or "ipndm"

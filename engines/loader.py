@@ -50,7 +50,7 @@ def manifest_backbone(folder: Path, man: Dict):
 def _torch_networks(folder: Path, man: Dict, backbone=None):
     from ..export.onnx_export import BackboneForExport, PredictorForExport
     from ..export.pipeline import predictor_id
-    from ..predictor import load_predictor
+    from ..sampling.load import load_predictor
 
     if backbone is None:
         backbone = manifest_backbone(folder, man)

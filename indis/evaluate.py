@@ -53,7 +53,7 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
                      batch: int = 256, progress: bool = False) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
     GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe)."""
-    from .training.teacher import GuidedBackbone
+    from .sampling.guidance import GuidedBackbone
 
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     fd = None

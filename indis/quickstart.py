@@ -68,9 +68,10 @@ def run_quickstart(args) -> int:
     from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
     from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
     from .io import atomic_write_json, atomic_write_text
-    from .predictor import load_predictor
+    from .sampling.load import load_predictor
     from .engines.spec import resolve_backbone
-    from .training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
+    from .sampling.guidance import GuidedBackbone
+    from .training.teacher import TeacherConfig, generate_teacher, load_teacher
     from .training.train import TrainConfig, train
 
     if args.nfe < 1 or args.n_train < 20 or args.n_eval < 8 or args.steps < 1 or args.latency_batch < 1:

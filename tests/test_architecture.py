@@ -3,7 +3,8 @@
 Every module of ``indis`` (with ``export/`` and ``engines/`` read as ``indis.export`` and
 ``indis.engines``, the names they install under) is parsed with ``ast``; its imports of
 other ``indis`` modules (relative ones resolved) form two graphs: the module-level one
-(what runs on import) and the full one (function-local imports too). Checked:
+(what runs on import) and the full one (function-local imports too). Importing ``a.b.c`` runs the package ``a.b``'s ``__init__`` first, so it counts as
+an import of ``a.b`` too. Checked:
 
 - neither graph has a cycle;
 - inference (``indis.sampling``) and the deployment rooms (``indis.export``,
@@ -103,8 +104,14 @@ def _imports(name: str) -> tuple[set[str], set[str]]:
                 if not (t == "indis" or t.startswith("indis.")):
                     continue
                 hit = _resolve(t)
-                if hit is not None and hit != name:
-                    (local if in_function else top).add(hit)
+                if hit is None:
+                    continue
+                # importing a.b.c first runs the packages a.b (and a) unless the importer is inside them already
+                parts = hit.split(".")
+                for k in range(2, len(parts) + 1):
+                    dep = ".".join(parts[:k])
+                    if dep in MODULES and dep != name and not _within(name, dep):
+                        (local if in_function else top).add(dep)
             visit(child, nested)
 
     visit(tree, False)

@@ -184,7 +184,7 @@ def _engine_runner(kind: str):
         if s.engines_dir is None:
             raise Unavailable(f"the {kind} backend runs exported artifacts: pass --engines DIR (made by `indis export`)")
         try:
-            from ..engines.runtime import load_engine_sampler
+            from ..engines.loader import load_engine_sampler
         except ImportError as e:
             raise Unavailable(f"indis.engines is not importable: {e}") from e
         try:

@@ -52,12 +52,14 @@ def run_quality(
     iPNDM only), each from the best heuristic under that solver; the one with the least validation distance is the row.
     AMED-Plugin (amed) is trained on iPNDM."""
     from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
-    from ..predictor import load_predictor
+    from ..sampling.load import load_predictor
     from ..training.cli import load_backbone_spec
-    from ..training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
+    from ..sampling.guidance import GuidedBackbone
+    from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
     from ..baselines.common import Sampled
     from ..baselines.search import best_heuristic
-    from ..training.train import METHODS, PEER_METHODS, TrainConfig, heuristic, train
+    from ..sampling.fixed import heuristic
+    from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
 
     nfes = [int(k) for k in nfes]
     if not nfes or min(nfes) < 1:

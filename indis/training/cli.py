@@ -140,10 +140,10 @@ def _features(kind: str, inception_weights: Optional[str] = None):
 
 def run_eval(args) -> int:
     from ..evaluate import evaluate_methods, write_results
-    from ..predictor import load_predictor
-    from .losses import LPIPS
+    from ..sampling.load import load_predictor
+    from ..metrics.distances import LPIPS
     from .teacher import load_teacher
-    from .train import heuristic
+    from ..sampling.fixed import heuristic
 
     from ..io import check_writable_file
 
@@ -176,7 +176,7 @@ def _check_sample_options(args):
     """Options of `indis sample` that contradict each other or the predictor, and the output paths: all
     checked before any work. Returns the parsed seeds."""
     from ..io import check_writable_file
-    from .seeds import parse_seeds
+    from ..sampling.seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds).check_count(MAX_GRID_SAMPLES, "the grid of `indis sample`")
     if args.batch_size < 1:
@@ -221,10 +221,11 @@ def run_sample(args) -> int:
 
     from ..evaluate import plot_timesteps
     from ..io import atomic_write_json
-    from ..predictor import load_predictor
-    from .seeds import draw, seed_batches
-    from .teacher import GuidedBackbone
-    from .train import heuristic, solve
+    from ..sampling.load import load_predictor
+    from ..sampling.fixed import heuristic
+    from ..sampling.guidance import GuidedBackbone
+    from ..sampling.seeds import draw, seed_batches
+    from ..sampling.solve import solve
 
     seeds = _check_sample_options(args)
     if args.engines:  # an export folder on one backend (indis.engines)
