@@ -30,8 +30,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..predictor import Predictor
 from ..discretization import DiscretizationParam
+from ..engines.runtime import torch_engine_backbone
+from ..io import atomic_write_json, atomic_write_text
+from ..predictor import Predictor
 from ..solvers import sample
 
 Tensor = torch.Tensor
@@ -110,8 +112,6 @@ def _torch_graph_runner(s: BenchSetup):
     """The Python solver loop with every backbone call replayed from a CUDA graph (one per batch size)."""
     if s.device.type != "cuda":
         raise Unavailable("CUDA graphs need a CUDA device (none here)")
-    from ..engines.runtime import torch_engine_backbone
-
     net = torch_engine_backbone(s.backbone, s.device, cuda_graph=True)
     phi = s.predictor
 
@@ -390,8 +390,6 @@ def plot(report: Dict, path: str) -> None:
 
 
 def write_report(report: Dict, out_dir: str) -> Dict[str, str]:
-    from ..io import atomic_write_json, atomic_write_text
-
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f) for k, f in (("json", "bench.json"), ("md", "bench.md"), ("png", "latency_vs_nfe.png"))}
     atomic_write_json(paths["json"], report)
