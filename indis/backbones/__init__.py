@@ -1,6 +1,6 @@
 """Backbones: the protocol (base.py) and the models INDIS samples from."""
 from .base import Backbone, CondSpec, check_backbone_id, stable_hash
-from .bundled import load_bundled as _load
+from .bundled import load_bundled
 from .diffusers import DiffusersAdapter
 from .edm import PRESETS as EDM_PRESETS, EDMBackbone
 from .edm_nets import DhariwalUNet, EDMPrecond, SongUNet
@@ -8,10 +8,6 @@ from .flow import FlowMLPBackbone
 from .gmm import GMMBackbone, exact_gaussian_flow, gaussian_backbone
 from .ideal import IdealDenoiser
 
-
-def load_bundled(*args, **kwargs):
-    """The bundled digits backbone (see indis.backbones.bundled)."""
-    return _load(*args, **kwargs)
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The peers' search: `indis train --method gits|dmn|sdm` (indis.training.train.train hands these methods to
-indis.training.peers.train_peer, which calls `select` here) builds the method's schedule from pilot samples of the training teacher set, for
-every solver of `peer_solvers` and with/without AFS (`peer_afs`), and keeps the candidate with the least
+indis.training.train.train_peer, which calls `select` here) builds the method's schedule from pilot samples of the
+training teacher set, for every solver of `peer_solvers` and with/without AFS (`peer_afs`), and keeps the candidate
+with the least
 validation distance to the teacher, as the seed paper reports each baseline with its best solver and the best of
 with and without AFS. The result is a PeerSchedule in predictor.safetensors (load_predictor reads it; its
 metadata `nfe` is the number of network calls). `best_heuristic` does the same for the heuristic schedules.
