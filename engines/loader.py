@@ -25,6 +25,7 @@ from ..backbones.base import CondSpec
 from ..export import manifest as mf
 from ..export.onnx_export import BackboneForExport, PredictorForExport
 from ..export.pipeline import predictor_id, resolve_trt_engine
+from ..native import FastSampler
 from ..processes import get_process
 from ..sampling.load import load_predictor
 from ..sampling.seeds import draw, seed_batches
@@ -156,10 +157,6 @@ def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optio
     order = order if order is not None else (man.get("order") if solver == man["solver"] else None)
     native = None
     if backend == "native":
-        try:
-            from ..native import FastSampler
-        except ImportError as e:
-            raise ImportError(f"the native backend needs indis.native (the csrc sampler core): {e}") from e
         native = FastSampler(bb, pred, solver=solver, order=order, backend="native", cuda_graph=native_graph,
                              state_dtype=torch.float32)
     return EngineSampler(pred, bb, solver, order, man, native)

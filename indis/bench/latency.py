@@ -30,9 +30,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .. import _native
 from ..discretization import DiscretizationParam
+from ..engines.loader import load_engine_sampler
 from ..engines.runtime import torch_engine_backbone
 from ..io import atomic_write_json, atomic_write_text
+from ..native import FastSampler
 from ..predictor import Predictor
 from ..solvers import sample
 
@@ -79,8 +82,6 @@ def machine_info(device: torch.device) -> Dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     try:
-        from .. import _native
-
         info["native"] = _native.build_info()
     except ImportError as e:
         info["native"] = f"unavailable: {e}"
@@ -123,9 +124,6 @@ def _torch_graph_runner(s: BenchSetup):
 
 def _native_sampler(s: BenchSetup, cuda_graph: bool):
     try:
-        from ..native import FastSampler
-        from .. import _native
-
         _native.load()
     except ImportError as e:
         raise Unavailable(f"the native module is not available: {e}") from e
@@ -183,10 +181,6 @@ def _engine_runner(kind: str):
     def make(s: BenchSetup):
         if s.engines_dir is None:
             raise Unavailable(f"the {kind} backend runs exported artifacts: pass --engines DIR (made by `indis export`)")
-        try:
-            from ..engines.loader import load_engine_sampler
-        except ImportError as e:
-            raise Unavailable(f"indis.engines is not importable: {e}") from e
         try:
             fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
                                      backbone=s.backbone, log=lambda *a: None)
