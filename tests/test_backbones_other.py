@@ -159,18 +159,18 @@ def test_flow_mlp_backbone_trains_and_samples():
 
 
 def test_diffusers_missing_gives_install_hint(monkeypatch):
-    from indis.backbones import flow
+    from indis.backbones import diffusers as adapter
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"pip install indis\[diffusers\]"):
-        flow.require_diffusers()
+        adapter.require_diffusers()
     with pytest.raises(ImportError, match=r"indis\[diffusers\]"):
-        flow.DiffusersAdapter(torch.nn.Linear(2, 2), (2,))
+        adapter.DiffusersAdapter(torch.nn.Linear(2, 2), (2,))
 
 
 @pytest.fixture
 def diffusers():
-    """diffusers, or skip. indis.backbones.flow.require_diffusers hides a torchvision build that does not match torch
+    """diffusers, or skip. indis.backbones.diffusers.require_diffusers hides a torchvision build that does not match torch
     (it fails on import with a RuntimeError and would break diffusers' model imports)."""
     from indis.backbones.diffusers import require_diffusers
 
