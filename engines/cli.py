@@ -7,13 +7,13 @@ from typing import List
 
 from ..cli import main as indis_main
 from ..discretization import Discretization
-from .loader import sample_seeds
 from ..export.onnx_export import check_profile
 from ..export.pipeline import export_folder
 from ..io import EXPORT, claim_folder
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.seeds import parse_seeds
+from .loader import sample_seeds
 from .spec import resolve_backbone
 
 
