@@ -635,7 +635,9 @@ def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):
     from indis.native import native_available
 
     for backend in ("ort", "native") if native_available() else ("ort",):
-        assert main(["sample", "--engines", f"{d}/e", "--backend", backend, "--seeds", "0-3",
+        # the manifest names only registry backbones: the native backend runs the torch network given here
+        backbone = ["--backbone", spec] if backend == "native" else []
+        assert main(["sample", "--engines", f"{d}/e", "--backend", backend, *backbone, "--seeds", "0-3",
                      "--out", f"{d}/s_{backend}.png"]) == 0
         assert (tmp_path / f"s_{backend}.png").is_file()
     capsys.readouterr()
