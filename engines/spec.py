@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from ..backbones.bundled import load_bundled
 from ..backbones.convert import load_backbone
@@ -76,10 +77,19 @@ def resolve_backbone(spec: str, registry_only: bool = False):
         import importlib
 
         mod, fn = spec.split(":", 1)
+        # a module in the current folder is found as `python -m` would find it (the `indis` script's own folder
+        # is first on sys.path, not the user's): only for specs the user typed, never for a registry-only lookup
+        cwd = os.getcwd()
+        added = cwd not in sys.path and "" not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
             factory = getattr(importlib.import_module(mod), fn)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"backbone spec {spec!r}: cannot import {fn} from {mod}: {e}") from e
+        finally:
+            if added:
+                sys.path.remove(cwd)
         return factory().eval()
     raise ValueError(f"unknown backbone spec {spec!r}; use bundled, ideal, gmm-image, edm:PRESET[:SEED], "
                      "a folder from `indis convert-edm`, diffusers:PATH, or module:function")

@@ -2,6 +2,11 @@
 indis.native is built), the real ORT provider, batch invariance, the CLI (`indis export`, `indis sample --engines`),
 the per-sample sigma export and its diffusers worked example (docs/export.md)."""
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +206,19 @@ def test_diffusers_worked_example():
         x_prev, t_prev, t0 = traj[-2], row["timesteps"][-2], row["timesteps"][-1]
         expected = x_prev + (0.0 - t_prev) / (t0 - t_prev) * (x_indis - x_prev)
         assert (x - expected).abs().max() < 1e-4
+
+
+def test_user_module_backbone_spec_found_in_the_current_folder(tmp_path):
+    """`indis ... --backbone mymod:make` finds mymod.py in the folder the user runs from (without PYTHONPATH=.),
+    as `python -m` would; before, the console script's own folder was searched and the import failed."""
+    script = shutil.which("indis", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the indis console script is not installed beside this interpreter")
+    (tmp_path / "mymod_indis_test.py").write_text(
+        "import torch\nfrom indis.backbones import gaussian_backbone\n\n"
+        "def make():\n    return gaussian_backbone(torch.zeros(2), 0.5, process='edm')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([script, "teacher", "--backbone", "mymod_indis_test:make", "--out", "t", "--count", "4",
+                        "--steps", "3", "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "4 samples" in r.stdout
