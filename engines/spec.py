@@ -19,6 +19,7 @@ file choose what runs or what is read, so it is refused and the user names the b
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -74,8 +75,6 @@ def resolve_backbone(spec: str, registry_only: bool = False):
     if spec.startswith("diffusers:"):
         return DiffusersAdapter.from_pretrained(spec[len("diffusers:"):]).eval()
     if ":" in spec:
-        import importlib
-
         mod, fn = spec.split(":", 1)
         # a module in the current folder is found as `python -m` would find it (the `indis` script's own folder
         # is first on sys.path, not the user's): only for specs the user typed, never for a registry-only lookup
