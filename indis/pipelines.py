@@ -20,6 +20,7 @@ Needs diffusers (`pip install indis[diffusers]`); importing this module without 
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -114,8 +115,13 @@ class IndisPipeline:
         or object, or a DiffusersAdapter. predictor: a predictor module or a predictor.safetensors path (its recorded
         backbone id must match; its solver and guidance scale become the defaults). adapter_kwargs: passed to
         DiffusersAdapter.from_pretrained (text_seq_len, data_shape, ...)."""
-        if isinstance(pipe, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(pipe), "model_index.json")):
-            kw = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+        index_path = os.path.join(os.fspath(pipe), "model_index.json") if isinstance(pipe, (str, os.PathLike)) else ""
+        if index_path and os.path.isfile(index_path):
+            with open(index_path) as f:  # components saved as absent (e.g. text encoders set to None) stay None
+                kw = {k: None for k, v in json.load(f).items()
+                      if not k.startswith("_") and isinstance(v, list) and (len(v) != 2 or v[1] is None)}
+            if torch_dtype is not None:
+                kw["torch_dtype"] = torch_dtype
             pipe = DiffusionPipeline.from_pretrained(os.fspath(pipe), local_files_only=True, low_cpu_mem_usage=False, **kw)
         if isinstance(pipe, DiffusersAdapter):
             if adapter_kwargs:
@@ -290,6 +296,10 @@ class IndisPipeline:
         pixel-space model's samples are the images), then [-1, 1] -> [0, 1] and the output type."""
         if output_type == "latent":
             return x0
+        if self.backbone.vae is None and self.backbone.kind != "unet":
+            raise ValueError(f"{type(self.backbone.model).__name__} samples latents and this pipeline has no VAE to "
+                             f"decode them for output_type {output_type!r}: use output_type='latent', or build the "
+                             "pipeline from a diffusers pipeline (object or folder) that has its VAE")
         img = self.backbone.decode(x0) if self.backbone.vae is not None else x0
         return VaeImageProcessor(do_normalize=True).postprocess(img.float(), output_type=output_type)
 
