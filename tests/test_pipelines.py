@@ -288,3 +288,58 @@ def test_scheduler_sigmas_config_and_limits(diffusers, tmp_path):
         sched.set_timesteps(num_inference_steps=4, sigmas=[14.6, 1.0, 0.1])
     with pytest.raises(ValueError, match="UniPC"):
         IndisScheduler.from_backbone(bb, solver="unipc")
+
+
+def tiny_clip(tmp_path, hidden=16, projection=False, seed=0):
+    """A tiny CLIP text encoder and a character-level CLIP tokenizer written here (vocab.json, merges.txt)."""
+    transformers = pytest.importorskip("transformers")
+    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
+    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77)
+    n = len(vocab)
+    cfg = transformers.CLIPTextConfig(vocab_size=n, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden // 2,
+                                      bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    torch.manual_seed(seed)
+    cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    return cls(cfg).eval(), tok
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_prompts_through_the_pipelines_text_encoders(diffusers, family, tmp_path):
+    """prompt= / negative_prompt= are encoded with the pipeline's own text encoders (pipe.encode_prompt): the images
+    equal those of the same embeddings given as prompt_embeds (SD 1.x: CLIP tokens; SD3: two CLIPs, no T5)."""
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.pipelines import IndisPipeline
+
+    if family == "sd":
+        te, tok = tiny_clip(tmp_path)
+        pipe = diffusers.StableDiffusionPipeline(vae=tiny_vae(diffusers), text_encoder=te, tokenizer=tok,
+                                                 unet=tiny_unet_cond(diffusers), safety_checker=None,
+                                                 scheduler=diffusers.EulerDiscreteScheduler(steps_offset=1, **SD_SCHED),
+                                                 feature_extractor=None, requires_safety_checker=False)
+        kw = {}
+    else:
+        (te, tok), (te2, _) = tiny_clip(tmp_path, 8, True, 1), tiny_clip(tmp_path, 8, True, 2)
+        pipe = diffusers.StableDiffusion3Pipeline(transformer=tiny_sd3(diffusers), vae=tiny_vae(diffusers),
+                                                  scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                                  text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
+                                                  text_encoder_3=None, tokenizer_3=None)
+        kw = dict(text_seq_len=77 + 4)  # 77 CLIP tokens + 4 (zero) T5 tokens
+    pred = random_predictor(DiffusersAdapter.from_pretrained(pipe, **kw), nfe=3, seed=4)
+    ip = IndisPipeline.from_pipe(pipe, predictor=pred, **kw)
+    prompts, neg = ["a red fox", "a lighthouse"], ["blur", "noise"]
+    out = ip(prompt=prompts, negative_prompt=neg, seeds=[0, 1], guidance_scale=2.0, output_type="latent")
+    if family == "sd":
+        pe, npe = pipe.encode_prompt(prompts, "cpu", 1, True, neg)
+        emb = dict(prompt_embeds=pe, negative_prompt_embeds=npe)
+    else:
+        pe, npe, pp, npp = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, negative_prompt=neg,
+                                              max_sequence_length=4)
+        emb = dict(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp)
+    same = ip(seeds=[0, 1], guidance_scale=2.0, output_type="latent", **emb)
+    assert torch.equal(out.images, same.images)
+    assert out.images.shape == (2, 4, 8, 8) and ip(prompt="a fox", seeds=[5], output_type="pt").images.shape == (1, 3, 16, 16)
