@@ -245,9 +245,10 @@ setup(
     ],
     extras_require={
         # diffusers: the adapter and the worked export example are tested with tiny random models (no download);
+        # hypothesis: the fuzz tests of the native entry points (tests/test_native_fuzz.py, fixed seed).
         # transformers: diffusers' text pipelines (StableDiffusion*, Flux) import their text encoders from it.
         # Neither depends on torch or torchvision.
-        "test": ["pytest", "diffusers>=0.32", "transformers>=4.47"],
+        "test": ["pytest", "diffusers>=0.32", "transformers>=4.47", "hypothesis"],
         "tensorrt": ["tensorrt"],
         "diffusers": ["diffusers>=0.32", "transformers>=4.47"],
     },

@@ -33,7 +33,7 @@ from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond, require_
 from indis.io import atomic_write_text  # noqa: E402
 from indis.native import native_available  # noqa: E402
 from indis.pipelines import IndisPipeline, IndisScheduler  # noqa: E402
-from indis.training.seeds import draw  # noqa: E402
+from indis.sampling.seeds import draw  # noqa: E402
 
 SEEDS = list(range(8))
 

@@ -84,10 +84,11 @@ bool all_true(const at::Tensor& t) { return t.numel() == 0 || t.all().item<bool>
 }  // namespace
 
 StepCoeffs compute_step_coeffs(const std::string& solver_name, int order, const std::string& process,
-                               const std::vector<double>& params, const at::Tensor& ts,
+                               const std::vector<double>& params, const at::Tensor& ts_in,
                                const c10::optional<at::Tensor>& dtau_opt, const c10::optional<at::Tensor>& gamma_opt,
                                const std::string& pred_type, int64_t batch, int m_cols, bool validate,
                                std::uintptr_t stream) {
+  const at::Tensor ts = resolved(ts_in);  // the kernels read raw memory: sign-bit views materialised
   const int solver = parse_solver(solver_name);
   const int pred = parse_pred(pred_type);
   const coeffs::ProcessCfg cfg = parse_process(process, params);
@@ -111,11 +112,11 @@ StepCoeffs compute_step_coeffs(const std::string& solver_name, int order, const 
                     M);
   at::Tensor dtau, gamma;
   if (dtau_opt.has_value() && dtau_opt->defined()) {
-    dtau = *dtau_opt;
+    dtau = resolved(*dtau_opt);
     check_row(dtau, "dtau", ts, batch, n);
   }
   if (gamma_opt.has_value() && gamma_opt->defined()) {
-    gamma = *gamma_opt;
+    gamma = resolved(*gamma_opt);
     check_row(gamma, "gamma", ts, batch, n);
   }
   double lo = 0, hi = 0;

@@ -378,6 +378,15 @@ void fill_coefs(IndisUpdateArgs& a, const at::Tensor& u, const at::Tensor& w) {
   a.w_sj = w.stride(1);
 }
 
+// A tensor the kernel writes must hold its values in plain memory: a negative-bit or conjugate view would
+// be written without its sign. Inputs that are only read are materialised instead (resolved()).
+void check_writable(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(!(t.is_neg() || t.is_conj()), name,
+                    " is a negative-bit or conjugate view (e.g. a complex tensor's .conj().imag): its memory does not "
+                    "hold the values it reads as, and the kernel writes that memory; pass a plain tensor (",
+                    name, ".resolve_neg())");
+}
+
 void check_state(const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.defined(), "x is None / undefined");
   data_dtype_code(x, "x");
@@ -385,6 +394,7 @@ void check_state(const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.device().is_cpu() || x.device().is_cuda(), "x is on ", x.device(), "; only CPU and CUDA are supported");
   TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous (call .contiguous() first)");
   check_like(out, "out", x);
+  check_writable(out, "out");
 }
 
 void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::Tensor>& hist, const at::Tensor& u,
@@ -411,17 +421,21 @@ void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::
     TORCH_CHECK_VALUE(!overlap(so, span_of(hist[j], "hist")), "out overlaps hist[", j,
                       "]; write the new state to x or a separate buffer");
   }
+  // read-only inputs with their sign (a negative-bit view is materialised; out was checked above)
+  const at::Tensor xr = resolved(x), ur = resolved(u), wr = resolved(w);
+  std::vector<at::Tensor> hr;
+  for (const auto& h : hist) hr.push_back(resolved(h));
   IndisUpdateArgs a{};
   a.out = out.data_ptr();
-  a.x = x.data_ptr();
-  for (int64_t j = 0; j < m; ++j) a.hist[j] = hist[j].data_ptr();
+  a.x = xr.data_ptr();
+  for (int64_t j = 0; j < m; ++j) a.hist[j] = hr[j].data_ptr();
   a.m = static_cast<int>(m);
   a.has_pred = 0;
   a.dtype = data_dtype_code(x, "x");
   a.device = x.is_cuda() ? x.device().index() : -1;
   a.batch = B;
   a.inner = B > 0 ? x.numel() / B : 0;
-  fill_coefs(a, u, w);
+  fill_coefs(a, ur, wr);
   launch(a, x, stream);
 }
 
@@ -431,6 +445,7 @@ void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& p
   check_state(out, x);
   check_like(pred, "pred", x);
   check_like(slot, "slot", x);
+  check_writable(slot, "slot");
   const int64_t m = static_cast<int64_t>(hist.size()) + 1;
   TORCH_CHECK_VALUE(m <= INDIS_MAX_HIST, "hist must hold 0 to ", INDIS_MAX_HIST - 1,
                     " older entries (the solver order M minus the new one), got ", m - 1);
@@ -453,23 +468,28 @@ void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& p
     const Span sh = span_of(hist[j], "hist");
     TORCH_CHECK_VALUE(!overlap(so, sh) && !overlap(ss, sh), "out or slot overlaps hist[", j, "]");
   }
+  // read-only inputs with their sign (a negative-bit view is materialised; out and slot were checked above)
+  const at::Tensor xr = resolved(x), predr = resolved(pred), ur = resolved(u), wr = resolved(w), pr = resolved(p),
+                   qr = resolved(q);
+  std::vector<at::Tensor> hr;
+  for (const auto& h : hist) hr.push_back(resolved(h));
   IndisUpdateArgs a{};
   a.out = out.data_ptr();
-  a.x = x.data_ptr();
-  a.pred = pred.data_ptr();
+  a.x = xr.data_ptr();
+  a.pred = predr.data_ptr();
   a.slot = slot.data_ptr();
-  for (size_t j = 0; j < hist.size(); ++j) a.hist[j + 1] = hist[j].data_ptr();
+  for (size_t j = 0; j < hist.size(); ++j) a.hist[j + 1] = hr[j].data_ptr();
   a.m = static_cast<int>(m);
   a.has_pred = 1;
   a.dtype = data_dtype_code(x, "x");
   a.device = x.is_cuda() ? x.device().index() : -1;
   a.batch = B;
   a.inner = B > 0 ? x.numel() / B : 0;
-  fill_coefs(a, u, w);
-  a.p = p.data_ptr();
-  a.p_sb = p.stride(0);
-  a.q = q.data_ptr();
-  a.q_sb = q.stride(0);
+  fill_coefs(a, ur, wr);
+  a.p = pr.data_ptr();
+  a.p_sb = pr.stride(0);
+  a.q = qr.data_ptr();
+  a.q_sb = qr.stride(0);
   launch(a, x, stream);
 }
 

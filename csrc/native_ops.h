@@ -15,6 +15,14 @@
 
 namespace indis {
 
+// A tensor whose memory holds its values as read: a negative-bit view (e.g. a complex tensor's
+// .conj().imag) or a conjugate view is materialised (one copy); any other tensor is returned as is.
+// The native entry points read data_ptr() of their inputs through this: the bits are not the values.
+inline at::Tensor resolved(const at::Tensor& t) {
+  if (!t.defined() || !(t.is_neg() || t.is_conj())) return t;
+  return t.resolve_conj().resolve_neg();
+}
+
 // ---- fused update (fused_update.cpp) ---------------------------------------------------------
 // Run one update described by raw pointers on the CPU (OpenMP via at::parallel_for) or on CUDA
 // (stream handle `stream`). No checks: callers validate tensors first.

@@ -10,8 +10,15 @@
 //     reuses its output buffer): ring slots are preallocated once; each step forms the basis value
 //     h = p*x + q*pred in the same pass as the update (2 writes: slot and state).
 // The state x is updated in place. Per step the loop allocates no tensor memory itself; a Python
-// backbone allocates its own output (unless it reuses a buffer; then use buffer mode, see
-// reuses_output), and an output in another dtype than the state is cast (one allocation).
+// backbone allocates its own output, and an output in another dtype than the state is cast (one
+// allocation).
+//
+// A Python backbone is not trusted with the raw pointers: after each call the loop checks that the state
+// and the history entries it keeps are still where it recorded them (a backbone that calls x.set_() or
+// resizes a storage gets a ValueError, never a write through a stale pointer); an output that shares
+// memory with a history entry still in use (a backbone that returns one buffer, overwritten every call)
+// is detected and the sample is recomputed with the copying ring (result "reuse_detected"); sign-bit
+// views (.conj().imag) of any input are materialised before their memory is read.
 #include <torch/extension.h>
 
 #include <chrono>
@@ -31,6 +38,25 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// True if `t` still is the tensor the loop recorded: same data pointer, dtype, shape, contiguous, and a
+// storage that still holds all of it. A Python backbone gets the live state tensor and keeps references to
+// its own outputs, so it can replace or shrink their storage (x.set_(...), x.data = ..., x.resize_(...),
+// x.untyped_storage().resize_(0)); the loop writes through raw pointers and must notice that first.
+bool intact(const at::Tensor& t, const void* ptr, at::IntArrayRef sizes, at::ScalarType dtype) {
+  if (!t.defined() || !t.has_storage() || t.scalar_type() != dtype || t.sizes() != sizes || !t.is_contiguous()) return false;
+  if (ptr == nullptr || t.data_ptr() != ptr) return false;
+  const at::Storage& st = t.storage();
+  return st.data() != nullptr &&
+         st.nbytes() >= static_cast<size_t>((t.storage_offset() + t.numel()) * static_cast<int64_t>(t.element_size()));
+}
+
+bool spans_overlap(const at::Tensor& a, const at::Tensor& b) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data_ptr()), b0 = reinterpret_cast<uintptr_t>(b.data_ptr());
+  const auto a1 = a0 + static_cast<uintptr_t>(a.numel() * a.element_size());
+  const auto b1 = b0 + static_cast<uintptr_t>(b.numel() * b.element_size());
+  return a0 < b1 && b0 < a1 && a1 > a0 && b1 > b0;
 }
 
 py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tensor& timesteps,
@@ -56,15 +82,16 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   auto prep = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK_VALUE(t.device() == x_T.device(), name, " is on ", t.device(), " but x_T is on ", x_T.device());
     TORCH_CHECK_TYPE(t.is_floating_point(), name, " must be a floating-point tensor, got ", t.scalar_type());
-    return t.to(coef_type);
+    return resolved(t.to(coef_type));
   };
   TORCH_CHECK_VALUE(timesteps.defined(), "timesteps is None / undefined");
   const at::Tensor ts = prep(timesteps, "timesteps");
   c10::optional<at::Tensor> dtau, gamma;
   if (dtau_in.has_value() && dtau_in->defined()) dtau = prep(*dtau_in, "dtau");
   if (gamma_in.has_value() && gamma_in->defined()) gamma = prep(*gamma_in, "gamma");
+  const at::Tensor x_src = resolved(x_T);  // a sign-bit view (e.g. .conj().imag) is materialised first
   if (validate) {
-    TORCH_CHECK_VALUE(at::isfinite(x_T).all().item<bool>(), "x_T contains NaN or inf");
+    TORCH_CHECK_VALUE(at::isfinite(x_src).all().item<bool>(), "x_T contains NaN or inf");
   }
   const StepCoeffs C = compute_step_coeffs(solver, order, process, process_params, ts, dtau, gamma, prediction_type, B,
                                            0, validate, stream);
@@ -81,45 +108,14 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   } else {
     TORCH_CHECK_TYPE(PyCallable_Check(backbone.ptr()), "backbone must be callable as backbone(x, t) -> prediction");
   }
-  const bool buffered = reuses_output || pk != coeffs::kPredEps || coeffs::solver_x0_basis(sk);
 
   at::NoGradGuard no_grad;
   const auto t_start = Clock::now();
-  // state (a private contiguous copy: x_T is never modified) and per-step call times [N][B]
-  at::Tensor x = x_T.clone(at::MemoryFormat::Contiguous);
+  // per-step call times [N][B]
   const at::Tensor tc_steps = C.tc.t().contiguous();
   std::vector<at::Tensor> t_call;
   t_call.reserve(N);
   for (int64_t i = 0; i < N; ++i) t_call.push_back(tc_steps[i]);
-  // ring of the last M basis values
-  std::vector<at::Tensor> ring(M);
-  std::vector<const void*> ring_ptr(M, nullptr);
-  at::Tensor ring_buf, native_out;
-  if (buffered) {
-    std::vector<int64_t> shape{M};
-    for (auto s : x.sizes()) shape.push_back(s);
-    ring_buf = at::empty(shape, x.options());
-    for (int j = 0; j < M; ++j) {
-      ring[j] = ring_buf[j];
-      ring_ptr[j] = ring[j].data_ptr();
-    }
-  }
-  if (native) native_out = at::empty_like(x);
-
-  IndisUpdateArgs a{};
-  a.out = x.data_ptr();
-  a.x = x.data_ptr();
-  a.dtype = dcode;
-  a.coef_dtype = coef_type == at::kDouble ? INDIS_F64 : INDIS_F32;
-  a.device = on_cuda ? x.device().index() : -1;
-  a.batch = B;
-  a.inner = x.numel() / B;
-  a.has_pred = buffered ? 1 : 0;
-  a.u_sb = N;
-  a.w_sb = N * M;
-  a.w_sj = 1;
-  a.p_sb = N;
-  a.q_sb = N;
   const char* u0 = static_cast<const char*>(C.u.data_ptr());
   const char* w0 = static_cast<const char*>(C.w.data_ptr());
   const char* p0 = static_cast<const char*>(C.p.data_ptr());
@@ -127,72 +123,143 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   const int64_t esz = C.u.element_size();
 
   double backbone_ms = 0.0, update_ms = 0.0;
-  py::object x_py = py::cast(x);  // the same torch.Tensor object every step
-  for (int64_t i = 0; i < N; ++i) {
-    // ---- backbone call --------------------------------------------------------------------------
-    auto t0 = Clock::now();
-    at::Tensor pred;
-    if (native) {
-      native->run(x, t_call[i], native_out, stream);
-      pred = native_out;
-    } else {
-      py::object r = backbone(x_py, py::cast(t_call[i]));
-      try {
-        pred = r.cast<at::Tensor>();
-      } catch (const py::cast_error&) {
-        throw py::type_error("backbone(x, t) must return a torch.Tensor, got " +
-                             std::string(py::str(py::type::of(r).attr("__name__"))));
-      }
-      TORCH_CHECK_VALUE(pred.sizes() == x.sizes(), "backbone returned shape ", pred.sizes(), " for input shape ",
-                        x.sizes());
-      TORCH_CHECK_VALUE(pred.device() == x.device(), "backbone returned a tensor on ", pred.device(),
-                        " for input on ", x.device());
-      TORCH_CHECK_TYPE(pred.is_floating_point(), "backbone returned dtype ", pred.scalar_type(),
-                       "; expected a floating-point prediction");
-      if (pred.scalar_type() != x.scalar_type()) pred = pred.to(x.scalar_type());
-      if (!pred.is_contiguous()) pred = pred.contiguous();
-      // In reference mode the ring keeps pred across the in-place state update: it must not share
-      // memory with the state (e.g. a backbone returning x or a view of it).
-      if (!buffered && pred.is_alias_of(x)) pred = pred.clone();
-    }
-    if (timing) {
-      if (on_cuda && timing) {
-        // host time only: CUDA work is asynchronous (use the benchmarks' synchronised timers)
-      }
-      backbone_ms += ms_since(t0);
-    }
-
-    // ---- fused update ---------------------------------------------------------------------------
-    t0 = Clock::now();
-    const int k = coeffs::step_order(sk, order, i);
-    const int slot = static_cast<int>(i % M);
-    for (int j = 0; j < INDIS_MAX_HIST; ++j) a.hist[j] = nullptr;
-    for (int j = 1; j < k; ++j) a.hist[j] = ring_ptr[(slot - j + M) % M];
+  at::Tensor x;
+  // One pass of the loop in one ring mode. Returns false when the reference ring finds a backbone output
+  // that shares memory with a history entry it still needs (a reused output buffer: that entry has been
+  // overwritten); the caller then reruns the pass with the copying ring.
+  auto run_pass = [&](bool buffered) -> bool {
+    // state (a private contiguous copy: x_T is never modified)
+    x = x_src.clone(at::MemoryFormat::Contiguous);
+    const std::vector<int64_t> x_shape = x.sizes().vec();
+    const at::ScalarType x_type = x.scalar_type();
+    const void* x_ptr = x.data_ptr();
+    // ring of the last M basis values
+    std::vector<at::Tensor> ring(M);
+    std::vector<const void*> ring_ptr(M, nullptr);
+    at::Tensor ring_buf, native_out;
     if (buffered) {
-      a.pred = pred.data_ptr();
-      a.slot = const_cast<void*>(ring_ptr[slot]);
-      a.p = p0 + i * esz;
-      a.q = q0 + i * esz;
-    } else {
-      ring[slot] = pred;  // keep the output alive while it is in the history
-      ring_ptr[slot] = pred.data_ptr();
-      a.hist[0] = ring_ptr[slot];
+      std::vector<int64_t> shape{M};
+      for (auto s : x.sizes()) shape.push_back(s);
+      ring_buf = at::empty(shape, x.options());
+      for (int j = 0; j < M; ++j) {
+        ring[j] = ring_buf[j];
+        ring_ptr[j] = ring[j].data_ptr();
+      }
     }
-    a.m = k;
-    a.u = u0 + i * esz;
-    a.w = w0 + i * M * esz;
-    if (on_cuda) {
-      run_update(a, true, stream);
-    } else {
-      py::gil_scoped_release nogil;
-      run_update(a, false, stream);
+    if (native) native_out = at::empty_like(x);
+
+    IndisUpdateArgs a{};
+    a.out = x.data_ptr();
+    a.x = x.data_ptr();
+    a.dtype = dcode;
+    a.coef_dtype = coef_type == at::kDouble ? INDIS_F64 : INDIS_F32;
+    a.device = on_cuda ? x.device().index() : -1;
+    a.batch = B;
+    a.inner = x.numel() / B;
+    a.has_pred = buffered ? 1 : 0;
+    a.u_sb = N;
+    a.w_sb = N * M;
+    a.w_sj = 1;
+    a.p_sb = N;
+    a.q_sb = N;
+
+    py::object x_py = py::cast(x);  // the same torch.Tensor object every step
+    for (int64_t i = 0; i < N; ++i) {
+      const int slot = static_cast<int>(i % M);
+      // ---- backbone call --------------------------------------------------------------------------
+      auto t0 = Clock::now();
+      at::Tensor pred;
+      if (native) {
+        native->run(x, t_call[i], native_out, stream);
+        pred = native_out;
+      } else {
+        py::object r = backbone(x_py, py::cast(t_call[i]));
+        // The backbone had the live state and its earlier outputs (the reference ring) in its hands: their
+        // memory must still be where the raw pointers point before anything is read or written.
+        TORCH_CHECK_VALUE(intact(x, x_ptr, x_shape, x_type),
+                          "the backbone replaced, resized or reshaped its input x in place (x.set_(), x.data = ..., "
+                          "x.resize_(), x.untyped_storage().resize_(), ...) at step ", i,
+                          "; the native loop updates the state through raw pointers and cannot continue. Return a new "
+                          "tensor and leave x's storage alone (or use indis.solvers.sample)");
+        if (!buffered) {
+          for (int j = 0; j < M; ++j) {
+            if (j == slot || ring_ptr[j] == nullptr) continue;
+            TORCH_CHECK_VALUE(intact(ring[j], ring_ptr[j], x_shape, x_type),
+                              "the backbone replaced or resized the storage of a prediction it returned at an earlier "
+                              "step (detected at step ", i, "); the native loop keeps those outputs as its history. "
+                              "Return a new tensor each call, or pass reuses_output=True (copying ring)");
+          }
+        }
+        try {
+          pred = r.cast<at::Tensor>();
+        } catch (const py::cast_error&) {
+          throw py::type_error("backbone(x, t) must return a torch.Tensor, got " +
+                               std::string(py::str(py::type::of(r).attr("__name__"))));
+        }
+        TORCH_CHECK_VALUE(pred.defined(), "backbone returned an undefined tensor");
+        TORCH_CHECK_VALUE(pred.sizes() == x.sizes(), "backbone returned shape ", pred.sizes(), " for input shape ",
+                          x.sizes());
+        TORCH_CHECK_VALUE(pred.device() == x.device(), "backbone returned a tensor on ", pred.device(),
+                          " for input on ", x.device());
+        TORCH_CHECK_TYPE(pred.is_floating_point(), "backbone returned dtype ", pred.scalar_type(),
+                         "; expected a floating-point prediction");
+        if (pred.scalar_type() != x.scalar_type()) pred = pred.to(x.scalar_type());
+        if (!pred.is_contiguous()) pred = pred.contiguous();
+        pred = resolved(pred);  // a negative-bit view is read with its sign
+        if (!buffered) {
+          // A backbone that returns a buffer it returned before (one output tensor, overwritten every
+          // call) has overwritten a history entry still in use: rerun with the copying ring.
+          for (int j = 0; j < M; ++j) {
+            if (j == slot || ring_ptr[j] == nullptr) continue;
+            if (spans_overlap(pred, ring[j])) return false;
+          }
+          // The ring keeps pred across the in-place state update: it must not share memory with the
+          // state (e.g. a backbone returning x or a view of it).
+          if (pred.is_alias_of(x)) pred = pred.clone();
+        }
+      }
+      if (timing) backbone_ms += ms_since(t0);
+
+      // ---- fused update -------------------------------------------------------------------------
+      t0 = Clock::now();
+      const int k = coeffs::step_order(sk, order, i);
+      for (int j = 0; j < INDIS_MAX_HIST; ++j) a.hist[j] = nullptr;
+      for (int j = 1; j < k; ++j) a.hist[j] = ring_ptr[(slot - j + M) % M];
+      if (buffered) {
+        a.pred = pred.data_ptr();
+        a.slot = const_cast<void*>(ring_ptr[slot]);
+        a.p = p0 + i * esz;
+        a.q = q0 + i * esz;
+      } else {
+        ring[slot] = pred;  // keep the output alive while it is in the history
+        ring_ptr[slot] = pred.data_ptr();
+        a.hist[0] = ring_ptr[slot];
+      }
+      a.m = k;
+      a.u = u0 + i * esz;
+      a.w = w0 + i * M * esz;
+      if (on_cuda) {
+        run_update(a, true, stream);
+      } else {
+        py::gil_scoped_release nogil;
+        run_update(a, false, stream);
+      }
+      if (timing) update_ms += ms_since(t0);
     }
-    if (timing) update_ms += ms_since(t0);
+    return true;
+  };
+  bool buffered = reuses_output || pk != coeffs::kPredEps || coeffs::solver_x0_basis(sk);
+  bool reuse_detected = false;
+  if (!run_pass(buffered)) {
+    reuse_detected = true;
+    buffered = true;
+    TORCH_CHECK(run_pass(true), "internal error: the copying ring reported a reused output");
   }
   py::dict res;
   res["x"] = x;
   res["steps"] = N;
   res["ring"] = buffered ? "buffer" : "references";
+  res["reuse_detected"] = reuse_detected;
   if (timing) {
     res["backbone_ms"] = backbone_ms;
     res["update_ms"] = update_ms;
@@ -219,9 +286,9 @@ void register_sampler_loop(py::module_& m) {
         "[N+1] or [B,N+1], dtau/gamma [N] or [B,N] or None: the discretization. solver 'euler'|'ipndm'|'dpmpp_2m', "
         "process 'edm'|'flow'|'vp_linear'|'vp_cosine' with process_params (see step_coeffs), prediction_type "
         "'eps'|'x0'|'velocity'. reuses_output: the callable returns the same buffer every call (forces the "
-        "copying ring). stream: CUDA stream handle for the kernels. validate: check inputs (synchronises on CUDA; "
+        "copying ring; a reused buffer is also detected, and the loop then reruns with the copying ring). stream: CUDA stream handle for the kernels. validate: check inputs (synchronises on CUDA; "
         "pass False inside CUDA-graph capture). Returns a dict: x (the sample), steps, ring ('references' or "
-        "'buffer') and, if timing, backbone_ms, update_ms, loop_ms (host wall times).");
+        "'buffer'), reuse_detected (a reused output buffer was found and the sample recomputed) and, if timing, backbone_ms, update_ms, loop_ms (host wall times).");
 }
 
 }  // namespace indis

@@ -6,6 +6,9 @@ import argparse
 from typing import List
 
 
+MAX_SIGMAS_SEEDS = 100_000  # sigmas.json holds one row per seed
+
+
 def _profile(text: str):
     parts = [int(p) for p in text.replace(":", ",").split(",") if p.strip()]
     if len(parts) == 1:
@@ -26,9 +29,17 @@ def run_export(args) -> int:
     import torch
 
     from ..export.pipeline import export_folder
-    from ..predictor import load_predictor
+    from ..io import EXPORT, claim_folder
+    from ..sampling.load import load_predictor
+    from ..sampling.seeds import parse_seeds
     from .spec import resolve_backbone
 
+    claim_folder(args.out, EXPORT, "export")  # before any work
+    seeds = None
+    if args.sigmas_seeds:
+        seeds = list(parse_seeds(args.sigmas_seeds).check_count(MAX_SIGMAS_SEEDS, "sigmas.json"))
+    if args.predictor and args.nfe:
+        raise ValueError("--nfe applies to a heuristic schedule (--schedule); a --predictor brings its own NFE")
     if args.threads:
         torch.set_num_threads(args.threads)
     bb = resolve_backbone(args.backbone)
@@ -38,20 +49,15 @@ def run_export(args) -> int:
     else:
         if not args.nfe:
             raise ValueError("give --predictor CKPT, or --schedule NAME --nfe N for a heuristic schedule")
-        from ..training.train import heuristic
+        from ..sampling.fixed import heuristic
 
         model = heuristic(bb, args.schedule, args.nfe)
     solver = args.solver or meta.get("solver") or "ipndm"
     order = args.order if args.order is not None else (meta.get("train_config") or {}).get("order")
-    seeds = None
-    if args.sigmas_seeds:
-        from ..training.cli import _seeds
-
-        seeds = _seeds(args.sigmas_seeds)
     export_folder(model, bb, args.out, backbone_spec_str=args.backbone,
                   predictor_source=args.predictor or f"heuristic:{args.schedule}:{args.nfe}", solver=solver, order=order,
                   profile=args.batch, tensorrt=args.tensorrt, precision=args.precision, atol=args.atol,
-                  verify=not args.no_verify, sigmas_seeds=seeds)
+                  verify=not args.no_verify, sigmas_seeds=seeds, overwrite=args.overwrite)
     print(f"wrote {args.out}/manifest.json")
     return 0
 
@@ -64,7 +70,8 @@ def add_subparsers(subparsers) -> None:
                     "engines, and write a manifest with the hashes of every file. Sample with "
                     "`indis sample --engines DIR --backend torch|ort|trt|native`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", required=True, help="bundled | edm:PRESET[:SEED] | DIR from convert-edm | ideal | gmm-image | module:function")
+    p.add_argument("--backbone", required=True, help="bundled | edm:PRESET[:SEED] | DIR from convert-edm | ideal | gmm-image | "
+                   "module:function (recorded in the manifest; only the registry names are ever loaded from it)")
     p.add_argument("--predictor", default=None, help="predictor.safetensors from `indis train` (else --schedule/--nfe)")
     p.add_argument("--schedule", default="polynomial", help="heuristic schedule when no --predictor is given")
     p.add_argument("--nfe", type=int, default=None, help="steps of the heuristic schedule")
@@ -78,6 +85,8 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     p.add_argument("--sigmas-seeds", default=None, help="also write sigmas.json (per-sample sigma lists) for these seeds, e.g. 0-15")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an export folder made for another backbone, predictor, solver or NFE")
     p.set_defaults(func=run_export)
 
 
@@ -88,17 +97,25 @@ def add_sample_options(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (for --engines)")
 
 
-def sample_from_engines(args):
-    """(x0 [S, ...], discretization parts, x_T, cond, predictor callable) for `indis sample --engines`."""
+def sample_from_engines(args, seeds):
+    """(x0 [S, ...], discretization parts, x_T, cond, predictor callable) for `indis sample --engines`.
+    seeds: the parsed --seeds (a list or indis.sampling.seeds.SeedList). --backbone, when given, is the torch
+    backbone of the torch / native backends (its id must be the manifest's); the manifest itself only ever names
+    a registry backbone."""
     from ..discretization import Discretization
     from ..engines.loader import sample_seeds
-    from ..training.cli import _seeds
 
     if getattr(args, "cfg_scale", 1.0) != 1.0:
         raise ValueError("--cfg-scale is not supported with --engines yet (the exported backbone is the plain conditional model)")
-    x, parts, x_T, cond, fs = sample_seeds(args.engines, _seeds(args.seeds), args.backend, args.device,
+    backbone = None
+    if getattr(args, "backbone", None):
+        from .spec import resolve_backbone
+
+        backbone = resolve_backbone(args.backbone)
+    x, parts, x_T, cond, fs = sample_seeds(args.engines, seeds, args.backend, args.device,
                                            batch_size=args.batch_size, threads=getattr(args, "threads", 0) or 0,
-                                           progress=not args.no_progress)
+                                           backbone=backbone, progress=not args.no_progress,
+                                           solver=getattr(args, "solver", None))
     print(f"sampled {len(x)} seeds from {args.engines} on backend {args.backend} ({fs.backbone.provider})")
     return x, [Discretization(parts["timesteps"], parts["dtau"], parts["gamma"])], x_T, cond, fs.predictor
 

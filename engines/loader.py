@@ -1,21 +1,23 @@
 """Load an export folder (made by `indis export`) on one backend and sample from it.
 
 Backends:
-  torch    the PyTorch predictor (predictor.safetensors from the folder) and backbone (resolved from the spec in
-           the manifest, or passed in; its id must match the manifest); CUDA graphs with cuda_graph=True on GPU
+  torch    the PyTorch predictor (predictor.safetensors from the folder) and backbone (passed in, or the
+           manifest's backbone when it is a registry name: a folder never names code or paths to load; its id
+           must match the manifest); CUDA graphs with cuda_graph=True on GPU
   ort      predictor.onnx and backbone.onnx in ONNX Runtime (CPU, or CUDA with I/O binding)
   trt      the TensorRT engines in trt/ (rebuilt when stale and TensorRT can build; refused otherwise)
   native   the native sampler loop of indis.native (csrc/) driving the networks of `native_runtime`
            ("torch" by default, or "ort" / "trt")
 
-Every file is verified against the manifest (size and sha256) before it is used. The solver loop is the same
+Every file is verified against the manifest (size and sha256) before it is used; artifact names must be plain
+names inside the folder (indis.export.manifest). The solver loop is the same
 for torch / ort / trt (indis.solvers.sample, float32 state), so the backends differ only by the network runtime.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Optional
 
 import torch
 
@@ -26,23 +28,37 @@ from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, Torch
 Tensor = torch.Tensor
 
 
+def manifest_backbone(folder: Path, man: Dict):
+    """The torch backbone an export folder was made for, when the manifest names it by a registry name
+    (bundled, ideal, gmm-image, edm:PRESET[:SEED]). An export folder is data: a manifest that names a path or
+    a module:function is refused (it would let whoever edits the folder choose what runs); the user then names
+    the backbone on the command line (--backbone) and its id is checked against the manifest."""
+    from .spec import is_registry_name, resolve_backbone
+
+    spec = man["backbone"].get("spec")
+    if not spec:
+        raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone on the command line "
+                               "(--backbone SPEC, or load_engines(backbone=...))")
+    if not is_registry_name(spec):
+        raise mf.ArtifactError(f"{folder}: the manifest names the backbone {spec!r}, which is not a registry name "
+                               "(bundled, ideal, gmm-image, edm:PRESET[:SEED]); an export folder never chooses code or "
+                               "paths to load. Pass the backbone on the command line: --backbone SPEC (or "
+                               "load_engines(backbone=...)); its id is checked against the manifest")
+    return resolve_backbone(spec, registry_only=True)
+
+
 def _torch_networks(folder: Path, man: Dict, backbone=None):
     from ..export.onnx_export import BackboneForExport, PredictorForExport
     from ..export.pipeline import predictor_id
-    from ..predictor import load_predictor
+    from ..sampling.load import load_predictor
 
     if backbone is None:
-        spec = (man.get("backbone") or {}).get("spec")
-        if not spec:
-            raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone to load_engines(backbone=...)")
-        from .spec import resolve_backbone
-
-        backbone = resolve_backbone(spec)
+        backbone = manifest_backbone(folder, man)
     if backbone.backbone_id != man["backbone_id"]:
         raise mf.ArtifactError(f"{folder} was exported for backbone id {man['backbone_id']}, but the torch backbone has id "
                                f"{backbone.backbone_id}; load the matching backbone or re-export")
-    mf.verify_file(folder, "predictor.safetensors", man["artifacts"]["predictor.safetensors"])
-    model, _ = load_predictor(folder / "predictor.safetensors", man["backbone_id"])
+    path = mf.verify_file(folder, "predictor.safetensors", mf.artifact_entry(folder, man, "predictor.safetensors"))
+    model, _ = load_predictor(path, man["backbone_id"])
     if predictor_id(model) != man["predictor_id"]:
         raise mf.ArtifactError(f"{folder}/predictor.safetensors does not have the manifest's predictor id {man['predictor_id']}")
     return PredictorForExport(model.eval()), BackboneForExport(backbone.eval())
@@ -55,7 +71,9 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
         raise ValueError(f"backend must be one of torch, ort, trt here (native: use load_engine_sampler), got {backend!r}")
     folder = Path(folder)
     man = mf.load_manifest(folder)
-    art = man["artifacts"]
+    if backbone is not None and getattr(backbone, "backbone_id", None) != man["backbone_id"]:
+        raise mf.ArtifactError(f"{folder} was exported for backbone id {man['backbone_id']}, but the given backbone has id "
+                               f"{getattr(backbone, 'backbone_id', None)}; give the matching --backbone or re-export")
     names = {"predictor": ["x_T"], "backbone": ["x", "t"]}
     cs = CondSpec(**man["backbone"]["cond_spec"])
     if cs.kind != "none":
@@ -68,7 +86,9 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
         runners["backbone"] = TorchRunner(bmod, names["backbone"], outs["backbone"], device, cuda_graph)
     elif backend == "ort":
         for net in ("predictor", "backbone"):
-            entry = art[f"{net}.onnx"]
+            entry = mf.artifact_entry(folder, man, f"{net}.onnx")
+            if not isinstance(entry.get("output_shapes"), dict):
+                raise mf.ArtifactError(f"{folder}/{mf.MANIFEST_NAME}: the entry of {net}.onnx has no output_shapes; re-run the export")
             path = mf.verify_file(folder, f"{net}.onnx", entry)
             runners[net] = ORTRunner(path, entry["output_shapes"], device, threads)
     else:
@@ -148,35 +168,43 @@ def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optio
     return EngineSampler(pred, bb, solver, order, man, native)
 
 
-def sample_seeds(folder, seeds: Sequence[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
+def sample_seeds(folder, seeds: Iterable[int], backend: str = "ort", device=None, batch_size: int = 0, threads: int = 0,
                  backbone=None, table=None, progress: bool = False, **kw):
-    """Samples for a list of seeds (per-seed x_T and condition as indis.training.seeds, so the same seed gives the
-    same sample at any batch size and on every backend). Returns (x0 [S, ...] float32 CPU, discretizations
+    """Samples for seeds (a list, or an indis.sampling.seeds.SeedList; per-seed x_T and condition as
+    indis.sampling.seeds, so the same seed gives the same sample at any batch size and on every backend). The
+    prior noise is drawn batch by batch. Returns (x0 [S, ...] float32 CPU, discretizations
     {timesteps, dtau, gamma} [S, ...] float64 CPU, x_T, cond, sampler)."""
-    from ..training.seeds import draw
+    from tqdm.auto import tqdm
+
+    from ..processes import get_process
+    from ..sampling.seeds import draw, seed_batches
 
     fs = load_engine_sampler(folder, backend, device, threads=threads, backbone=backbone, **kw)
     man = fs.manifest
     dev = _device(device)
     cs = CondSpec(**man["backbone"]["cond_spec"])
-    from ..processes import get_process
-
     prior_std = get_process(man["backbone"]["process"]).prior_std()
-    x_T, cond = draw(list(seeds), man["backbone"]["data_shape"], prior_std, cs, table)
     bs = batch_size or int(man["profile"]["opt"])
     bs = min(bs, int(man["profile"]["max"])) if backend == "trt" else bs
-    xs, parts = [], {"timesteps": [], "dtau": [], "gamma": []}
-    from tqdm.auto import tqdm
-
-    for lo in tqdm(range(0, len(x_T), bs), desc=f"sample ({backend})", disable=not progress):
-        xb = x_T[lo: lo + bs].to(dev)
-        cb = None if cond is None else cond[lo: lo + bs].to(dev)
-        x0, info = fs(xb, cb)
-        xs.append(x0.float().cpu())
-        d = info.get("discretization") if isinstance(info, dict) else None
-        if d is None:
-            d = fs.predictor(xb, cs.check(cb, xb.shape[0], "sampler"))
-        parts["timesteps"].append(d.timesteps.double().cpu())
-        parts["dtau"].append(d.dtau.double().cpu())
-        parts["gamma"].append(d.gamma.double().cpu())
-    return torch.cat(xs), {k: torch.cat(v) for k, v in parts.items()}, x_T, cond, fs
+    total = getattr(seeds, "count", None) or (len(seeds) if hasattr(seeds, "__len__") else None)
+    xs, xts, conds, parts = [], [], [], {"timesteps": [], "dtau": [], "gamma": []}
+    with tqdm(total=total, desc=f"sample ({backend})", disable=not progress) as bar:
+        for sb in seed_batches(seeds, bs):
+            x_T, cond = draw(sb, man["backbone"]["data_shape"], prior_std, cs, table)
+            xb = x_T.to(dev)
+            cb = None if cond is None else cond.to(dev)
+            x0, info = fs(xb, cb)
+            xs.append(x0.float().cpu())
+            xts.append(x_T)
+            conds.append(cond)
+            d = info.get("discretization") if isinstance(info, dict) else None
+            if d is None:
+                d = fs.predictor(xb, cs.check(cb, xb.shape[0], "sampler"))
+            parts["timesteps"].append(d.timesteps.double().cpu())
+            parts["dtau"].append(d.dtau.double().cpu())
+            parts["gamma"].append(d.gamma.double().cpu())
+            bar.update(len(sb))
+    if not xs:
+        raise ValueError("no seeds to sample")
+    cond = None if conds[0] is None else torch.cat(conds)
+    return torch.cat(xs), {k: torch.cat(v) for k, v in parts.items()}, torch.cat(xts), cond, fs

@@ -312,13 +312,6 @@ class EnginePredictor(torch.nn.Module):
         return Discretization(tau, dtau, gamma)
 
 
-def load_engine_sampler(*args, **kwargs):
-    """indis.engines.loader.load_engine_sampler (here too, for callers that import it from the runtime module)."""
-    from .loader import load_engine_sampler as _load
-
-    return _load(*args, **kwargs)
-
-
 def torch_engine_backbone(backbone, device=None, cuda_graph: bool = False) -> EngineBackbone:
     """A torch Backbone behind a TorchRunner (one CUDA graph per batch size when cuda_graph and on CUDA), with the
     same protocol attributes: what `load_engines(backend="torch")` builds from an export folder, without one."""

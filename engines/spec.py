@@ -8,19 +8,47 @@
   diffusers:PATH          a local diffusers pipeline folder or save_pretrained model folder
                           (indis.backbones.diffusers.DiffusersAdapter.from_pretrained; never downloads)
   ideal                   the ideal (empirical) denoiser of the digits training split
-  gmm-image               a small image-like Gaussian mixture (indis.training.demo.ImageGMM), for tests and demos
+  gmm-image               a small image-like Gaussian mixture (indis.backbones.demo.ImageGMM), for tests and demos
   module:function         any importable factory returning a Backbone
 Every command that takes `--backbone` resolves it here.
+
+Only the first four forms without a path (bundled, edm:PRESET[:SEED], ideal, gmm-image) are *registry names*:
+they name code that ships with indis. A spec read from a file (the backbone recorded in an export manifest)
+is resolved with `registry_only=True`: a folder path or a `module:function` there would let whoever edits the
+file choose what runs or what is read, so it is refused and the user names the backbone on the command line.
 """
 from __future__ import annotations
 
 import os
+import re
+
+REGISTRY_NAMES = ("bundled", "ideal", "gmm-image")
+_EDM_SPEC = re.compile(r"edm:([A-Za-z0-9_]+)(?::([0-9]{1,18}))?")
 
 
-def resolve_backbone(spec: str):
-    """The backbone (an indis.backbones.base.Backbone, in eval mode) named by `spec`."""
+def is_registry_name(spec) -> bool:
+    """True for the specs that name a backbone shipped with indis (no path, no import)."""
+    if not isinstance(spec, str):
+        return False
+    if spec in REGISTRY_NAMES:
+        return True
+    m = _EDM_SPEC.fullmatch(spec)
+    if m is None:
+        return False
+    from ..backbones.edm import PRESETS
+
+    return m.group(1) in PRESETS
+
+
+def resolve_backbone(spec: str, registry_only: bool = False):
+    """The backbone (an indis.backbones.base.Backbone, in eval mode) named by `spec`.
+
+    registry_only: accept only registry names (for specs that come from a file, never from the user)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError("a backbone spec must be a non-empty string")
+    if registry_only and not is_registry_name(spec):
+        raise ValueError(f"backbone spec {spec!r} is not a registry name ({', '.join(REGISTRY_NAMES)}, "
+                         "edm:PRESET[:SEED]); a path or module:function is honoured only on the command line")
     if spec == "bundled":
         from ..backbones.bundled import load_bundled
 
@@ -28,11 +56,12 @@ def resolve_backbone(spec: str):
     if spec.startswith("edm:"):
         from ..backbones.edm import PRESETS, EDMBackbone
 
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in PRESETS:
-            raise ValueError(f"backbone spec {spec!r}: expected edm:PRESET[:SEED] with PRESET one of {sorted(PRESETS)}")
-        seed = int(parts[2]) if len(parts) == 3 else 0
-        return EDMBackbone.from_preset(parts[1], seed=seed).eval()
+        m = _EDM_SPEC.fullmatch(spec)
+        if m is None or m.group(1) not in PRESETS:
+            raise ValueError(f"backbone spec {spec!r}: expected edm:PRESET[:SEED] with PRESET one of {sorted(PRESETS)} "
+                             "and SEED a non-negative integer (at most 18 digits)")
+        seed = int(m.group(2) or 0)
+        return EDMBackbone.from_preset(m.group(1), seed=seed).eval()
     if os.path.isdir(spec) or spec.endswith(".json"):
         from ..backbones.convert import load_backbone
 
@@ -43,7 +72,7 @@ def resolve_backbone(spec: str):
 
         return IdealDenoiser(load_digits_split("train")[0]).eval()
     if spec == "gmm-image":
-        from ..training.demo import ImageGMM
+        from ..backbones.demo import ImageGMM
 
         return ImageGMM().eval()
     if spec.startswith("diffusers:"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -47,6 +48,31 @@ FORMAT_VERSION = 1
 
 class ArtifactError(ValueError):
     """An export folder or one of its files is missing, corrupt, truncated, tampered with or stale."""
+
+
+# An artifact name is a plain file name in the folder, or one in its trt/ subfolder (the engines): no "..",
+# no absolute path, no backslash, no other subfolder. Names are data from the manifest, never trusted.
+_ARTIFACT_NAME = re.compile(r"(?:trt/)?[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_artifact_name(name, where="the manifest") -> str:
+    """`name` if it is a plain artifact name (see above), else ArtifactError."""
+    if not isinstance(name, str) or not _ARTIFACT_NAME.fullmatch(name):
+        raise ArtifactError(f"{where} lists an artifact named {name!r}: artifact names must be plain file names "
+                            "inside the export folder (or trt/NAME), without '..', separators or absolute paths; "
+                            "the manifest was edited or is corrupt: re-run the export")
+    return name
+
+
+def artifact_path(folder, name: str) -> Path:
+    """folder/name for a checked artifact name; also refuses a path that leaves the folder through a link."""
+    check_artifact_name(name, f"{Path(folder) / MANIFEST_NAME}")
+    root = Path(folder).resolve()
+    p = root / name
+    if root not in p.resolve().parents:
+        raise ArtifactError(f"{Path(folder) / name} resolves to {p.resolve()}, outside the export folder {root} "
+                            "(a symbolic link?); refusing to use it")
+    return p
 
 
 def canonical_json(obj) -> str:
@@ -97,12 +123,62 @@ def load_manifest(folder) -> Dict:
         raise ArtifactError(f"{path} has format version {m['version']}, newer than this indis ({FORMAT_VERSION}); upgrade indis")
     if not isinstance(m.get("artifacts"), dict):
         raise ArtifactError(f"{path} lists no artifacts")
+    for name, entry in m["artifacts"].items():
+        check_artifact_name(name, str(path))
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{path}: the entry of artifact {name!r} is not an object")
+    _check_fields(m, path)
     return m
+
+
+def _check_fields(m: Dict, path) -> None:
+    """The fields every reader of a manifest uses, with their types: a missing or mistyped one is a clear
+    ArtifactError here, not a KeyError or TypeError later."""
+    def need(obj, key, types, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise ArtifactError(f"{path} has no {where}{key!r}: it is incomplete or was edited; re-run the export")
+        v = obj[key]
+        if isinstance(v, bool) or not isinstance(v, types):  # (no field here is a bool; True is an int)
+            names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise ArtifactError(f"{path}: {where}{key!r} is {v!r}, expected {names}")
+        return v
+
+    need(m, "backbone_id", str, "")
+    need(m, "predictor_id", str, "")
+    need(m, "solver", str, "")
+    if need(m, "nfe", int, "") < 1:
+        raise ArtifactError(f"{path}: nfe must be a positive integer, got {m['nfe']}")
+    if m.get("order") is not None:
+        need(m, "order", int, "")
+    bb = need(m, "backbone", dict, "")
+    for key, types in (("process", (str, dict)), ("prediction_type", str), ("data_shape", list), ("cond_spec", dict)):
+        need(bb, key, types, "backbone.")
+    if not bb["data_shape"] or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in bb["data_shape"]):
+        raise ArtifactError(f"{path}: backbone.data_shape must be a list of positive integers, got {bb['data_shape']!r}")
+    from ..backbones.base import CondSpec
+
+    try:
+        CondSpec(**bb["cond_spec"])
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: backbone.cond_spec {bb['cond_spec']!r} is invalid: {e}") from None
+    prof = need(m, "profile", dict, "")
+    for key in ("min", "opt", "max"):
+        if need(prof, key, int, "profile.") < 1:
+            raise ArtifactError(f"{path}: profile.{key} must be a positive integer")
+
+
+def artifact_entry(folder, manifest: Dict, name: str) -> Dict:
+    """The manifest entry of artifact `name`, or an ArtifactError saying that the folder lacks it."""
+    entry = manifest.get("artifacts", {}).get(name)
+    if entry is None:
+        raise ArtifactError(f"{Path(folder) / MANIFEST_NAME} lists no {name}: the export is incomplete or was made "
+                            f"without it; re-run `indis export --out {folder}`")
+    return entry
 
 
 def verify_file(folder, name: str, entry: Dict) -> Path:
     """Check one artifact against its manifest entry (existence, size, sha256). Returns its path."""
-    p = Path(folder) / name
+    p = artifact_path(folder, name)
     if not p.is_file():
         raise ArtifactError(f"{p} is listed in the manifest but missing; re-run the export")
     size = p.stat().st_size
@@ -120,9 +196,7 @@ def verify_artifacts(folder, manifest: Optional[Dict] = None, names: Optional[Li
     """Verify the listed artifacts (default: all). Returns the manifest."""
     m = manifest or load_manifest(folder)
     for name in names if names is not None else list(m["artifacts"]):
-        if name not in m["artifacts"]:
-            raise ArtifactError(f"{Path(folder) / MANIFEST_NAME} has no artifact {name!r}")
-        verify_file(folder, name, m["artifacts"][name])
+        verify_file(folder, name, artifact_entry(folder, m, name))
     return m
 
 

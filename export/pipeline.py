@@ -22,6 +22,8 @@ from typing import Dict, Optional
 import torch
 
 from ..backbones.base import stable_hash
+from ..io import EXPORT, claim_folder
+from ..solvers import get_solver
 from . import manifest as mf
 from .onnx_export import (BackboneForExport, PredictorForExport, backbone_spec, check_profile, compare_with_torch,
                           export_onnx, predictor_spec)
@@ -49,16 +51,34 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                   solver: str = "ipndm", order: Optional[int] = None, profile: Optional[Dict] = None,
                   tensorrt: bool = False, precision: str = "fp32", atol: float = 1e-4, verify: bool = True,
                   verify_batches=(1, 5), export_batch: int = 2, sigmas_seeds=None, extra: Optional[Dict] = None,
-                  log=print) -> Dict:
-    """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization) and `backbone` into folder `out`.
-    Returns the manifest. The caller's modules are left in the training/eval mode they came in."""
-    from ..solvers import get_solver
-
+                  overwrite: bool = False, log=print) -> Dict:
+    """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization / PeerSchedule) and `backbone` into
+    folder `out`. A PeerSchedule is exported with its own solver and order (AFS and per-step orders are refused).
+    Returns the manifest. The caller's modules are left in the training/eval mode they came in.
+    `out` must be new, empty, or an export folder: a teacher dataset or a training run is refused, and an
+    export of another backbone, predictor or solver is replaced only with overwrite=True."""
+    if getattr(model, "runs_sampler", False):
+        raise ValueError(f"{type(model).__name__} runs its own sampler (a network inside every step), which the exported "
+                         "engines do not implement; sample it with PyTorch (indis eval / indis sample)")
+    if hasattr(model, "sampling_info"):  # a peer schedule (indis.baselines) carries the solver it was selected with
+        info = model.sampling_info()
+        if info["afs"] or info["orders"] is not None:
+            raise ValueError(f"this {getattr(model, 'method', 'peer')} schedule samples with "
+                             f"{'the analytical first step' if info['afs'] else 'per-step orders ' + str(info['orders'])}, which "
+                             "the exported engines do not implement; export a schedule selected without them "
+                             "(train with --peer-afs off; SDM's order schedule always needs the PyTorch sampler)")
+        if get_solver(solver).name != info["solver"]:
+            log(f"the schedule was selected with {info['solver']} and is exported with it (not {get_solver(solver).name})")
+        solver, order = info["solver"], info["order"]
     solver_obj = get_solver(solver)
     order = solver_obj.check_order(order)
     profile = dict(profile or DEFAULT_PROFILE)
     check_profile(profile)
     _check_pair(model, backbone)
+    claim_folder(out, EXPORT, "export")
+    if not overwrite:
+        _check_same_export(Path(out), {"backbone_id": backbone.backbone_id, "predictor_id": predictor_id(model),
+                                       "solver": solver_obj.name, "order": order, "nfe": int(model.param.nfe)})
     if tensorrt:  # fail before the (long) ONNX export when TensorRT or the GPU is missing
         from .tensorrt import builder_options, trt_environment
 
@@ -79,6 +99,21 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     finally:
         for m, mode in modes.items():
             m.train(mode)
+
+
+def _check_same_export(out: Path, settings: Dict) -> None:
+    """Refuse to replace an export of other settings (backbone, predictor, solver, order, NFE) without overwrite."""
+    if not (out / mf.MANIFEST_NAME).is_file():
+        return
+    try:
+        old = mf.load_manifest(out)
+    except mf.ArtifactError:
+        return  # a damaged export of this kind: re-exporting repairs it
+    diff = [k for k, v in settings.items() if old.get(k) != v]
+    if diff:
+        raise FileExistsError(f"--out {out} holds an export of another {', '.join(diff)} ("
+                              + ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in diff)
+                              + "); pass --overwrite to replace it, or choose another folder")
 
 
 def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source, solver_obj, order, profile, tensorrt,
@@ -152,7 +187,9 @@ def _maybe_sha(path) -> Optional[str]:
 # TensorRT engines and their cache entries
 # ------------------------------------------------------------------------------------------------
 def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) -> Dict:
-    onnx_entry = manifest["artifacts"][f"{network}.onnx"]
+    onnx_entry = mf.artifact_entry("the export folder", manifest, f"{network}.onnx")
+    if not isinstance(onnx_entry.get("profile_shapes"), dict) or not isinstance(onnx_entry.get("sha256"), str):
+        raise mf.ArtifactError(f"the manifest entry of {network}.onnx has no profile_shapes / sha256; re-run the export")
     from .tensorrt import builder_options
 
     opts = builder_options(precision)
@@ -165,7 +202,7 @@ def build_trt_engine(folder, manifest: Dict, network: str, precision: str, trt_e
     from .tensorrt import build_engine
 
     folder = Path(folder)
-    mf.verify_file(folder, f"{network}.onnx", manifest["artifacts"][f"{network}.onnx"])
+    mf.verify_file(folder, f"{network}.onnx", mf.artifact_entry(folder, manifest, f"{network}.onnx"))
     fields = trt_key_fields(manifest, network, precision, trt_env)
     key = mf.engine_cache_key(fields)
     name = mf.engine_file_name(network, key)

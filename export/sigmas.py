@@ -164,8 +164,8 @@ def _diffusers_row(process_name: str, sig: Tensor) -> Dict:
 
 @torch.no_grad()
 def schedules_for_seeds(model, backbone, seeds: Sequence[int], table=None) -> Dict:
-    """Per-seed schedules of `model` (a predictor) for the prior noise x_T of each seed (indis.training.seeds)."""
-    from ..training.seeds import draw
+    """Per-seed schedules of `model` (a predictor) for the prior noise x_T of each seed (indis.sampling.seeds)."""
+    from ..sampling.seeds import draw
 
     seeds = [int(s) for s in seeds]
     x_T, cond = draw(seeds, backbone.data_shape, backbone.process.prior_std(), backbone.cond_spec, table)

@@ -1,5 +1,6 @@
 """`indis` command line. Each feature module registers its own subcommands via `add_subparsers(subparsers)`;
-the handlers are imported lazily so that `indis --help` stays fast."""
+the handlers are imported lazily so that `indis --help` stays fast. Expected errors (bad options or files,
+refused folders, unreadable or unwritable paths) end the command with a one-line message and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"indis {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, ImportError, OSError) as e:  # OSError: FileNotFoundError, PermissionError, FileExistsError, ...
+        print(f"indis {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return int(rc or 0)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an expected error on one line. An OSError raised by the system (errno set) is shown as
+    'what: path'; the ones INDIS raises carry their own sentence."""
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        msg = e.strerror + (f": {e.filename}" if e.filename is not None else "") + (
+            f" -> {e.filename2}" if e.filename2 is not None else "")
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .training.losses import mse
-from .training.train import FixedDiscretization, heuristic, solve
+from .metrics.distances import mse
+from .sampling.fixed import heuristic
+from .sampling.solve import solve
 
 Tensor = torch.Tensor
 
@@ -52,7 +53,7 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
                      batch: int = 256, progress: bool = False) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
     GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe)."""
-    from .training.teacher import GuidedBackbone
+    from .sampling.guidance import GuidedBackbone
 
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     fd = None
@@ -71,6 +72,8 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
         t0 = time.time()
         x0 = student_samples(model, net, teacher, solver=solver, batch=batch)
         row = {"method": name, "nfe": int(nfe), "n": len(x0), "mse": float(mse(x0, teacher.x0).mean())}
+        # the solver the samples were drawn with: a PeerSchedule's own (and its per-step orders and AFS)
+        row.update(model.sampling_info() if hasattr(model, "sampling_info") else {"solver": solver})
         if lpips is not None:
             with torch.no_grad():
                 row["lpips"] = float(torch.cat([lpips(x0[i : i + batch], teacher.x0[i : i + batch]) for i in range(0, len(x0), batch)]).mean())

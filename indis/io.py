@@ -13,15 +13,34 @@ import torch
 META_KEY = "indis"
 
 
+def _umask() -> int:
+    """The process's file-creation mask: from /proc on Linux (no side effect); elsewhere os.umask, which can
+    only be read by setting it (set straight back)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    """Write to a temporary file in the same folder, fsync, then rename over the target. The file gets the
+    mode an ordinary open() would give it (0o666 less the umask): mkstemp creates it 0600."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.chmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -87,3 +106,77 @@ def load_pickle(path, trust: bool = False):
 
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+# ------------------------------------------------------------------------------------------------
+# Output paths and the kinds of folder INDIS writes
+# ------------------------------------------------------------------------------------------------
+# Each command that writes a folder marks it: a teacher dataset and an export folder by the "format" of their
+# manifest.json, a training run by run.json (older runs: their checkpoint.safetensors). A command refuses a
+# folder of another kind, so that no command overwrites or mixes another's files.
+TEACHER, TRAINING_RUN, EXPORT = "teacher dataset", "training run", "export folder"
+_MANIFEST_FORMATS = {"indis-teacher/1": TEACHER, "indis-engines": EXPORT}
+RUN_MARKER, RUN_FORMAT = "run.json", "indis-train/1"
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable_dir(path, what: str = "--out") -> Path:
+    """Fail now, before any work, if folder `path` cannot be created or written: it is a file, a file stands
+    where one of its parents should be, or the nearest existing parent is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {base} is a file, so no folder can be made under it")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: no permission to write in {base}")
+    return path
+
+
+def check_writable_file(path, what: str = "--out") -> Path:
+    """Fail now, before any work, if file `path` cannot be written: it is a folder, its folder cannot be
+    made or written, or the file itself is read-only."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
+    check_writable_dir(path.parent, what=f"{what} {path}: folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} {path}: the file exists and is not writable")
+    return path
+
+
+def folder_kind(path) -> Optional[str]:
+    """TEACHER, TRAINING_RUN or EXPORT for a folder INDIS marked; None for a missing or unmarked one.
+    A manifest.json of another format is named by its format."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    m = path / "manifest.json"
+    if m.is_file():
+        try:
+            fmt = json.loads(m.read_text()).get("format")
+        except (ValueError, AttributeError, OSError):
+            fmt = None
+        return _MANIFEST_FORMATS.get(fmt, f"folder with a foreign manifest.json (format {fmt!r})")
+    if (path / RUN_MARKER).is_file() or (path / "checkpoint.safetensors").is_file():
+        return TRAINING_RUN
+    return None
+
+
+def claim_folder(path, kind: str, command: str) -> Path:
+    """Check that `indis <command>` may write its `kind` of folder at `path` (now, before any work): the path
+    is a writable folder (or can be made) and holds no folder of another kind."""
+    path = check_writable_dir(path)
+    found = folder_kind(path)
+    if found is not None and found != kind:
+        a = lambda noun: ("an " if noun[0] in "aeiou" else "a ") + noun
+        raise FileExistsError(f"--out {path} is {a(found)}; `indis {command}` writes {a(kind)} and would overwrite or "
+                              f"mix its files. Choose another folder")
+    return path

@@ -150,7 +150,11 @@ def sample(backbone, x_T: Tensor, timesteps, *, solver="ipndm", order: Optional[
 
     The backbone is called as backbone(x, t[B], cond) N times from the C++ loop; each call is followed by one
     fused update. state_dtype may also be float16/bfloat16 here (fp32 accumulation). Returns x_0 (and a dict
-    with steps, ring mode and host timings if return_info).
+    with steps, ring mode, reuse_detected and host timings if return_info).
+
+    The backbone gets the live state tensor: it may read it, and anything it does to its storage (x.set_(),
+    resizing) is a ValueError after the call rather than a write through a stale pointer. A backbone that
+    returns one buffer, overwritten on every call, is detected and the sample recomputed with the copying ring.
     """
     name, order, spec, ptype, ts, dtau, gamma, state_dtype = _prepare(
         backbone, x_T, timesteps, solver, order, dtau, gamma, process, prediction_type, state_dtype)

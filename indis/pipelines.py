@@ -3,11 +3,11 @@ for users who keep their own denoising loop.
 
 `IndisPipeline.from_pipe(pipe, predictor=...)` takes a diffusers pipeline (object or local folder) and an INDIS
 predictor (module or predictor.safetensors). A call draws x_T per seed exactly as `indis sample` does
-(indis.training.seeds: one CPU generator per sample, so a seed gives the same image in any batch), predicts every
+(indis.sampling.seeds: one CPU generator per sample, so a seed gives the same image in any batch), predicts every
 sample's discretization {tau, dtau, gamma} in one predictor call, and integrates the whole batch in one sampler call
 (indis.native.FastSampler: the native loop for Euler / iPNDM / DPM-Solver++(2M) when indis._C is built, else
 indis.solvers.sample) with classifier-free guidance as one doubled batch per network call
-(indis.training.teacher.GuidedBackbone), then decodes latents with the pipeline's VAE.
+(indis.sampling.guidance.GuidedBackbone), then decodes latents with the pipeline's VAE.
 
 It is a plain class with diffusers' call conventions, not a `diffusers.DiffusionPipeline` subclass: the INDIS
 predictor and the adapter are not diffusers components, so DiffusionPipeline's save_pretrained / from_pretrained
@@ -31,12 +31,12 @@ from .backbones.diffusers import (DiffusersAdapter, DiscreteSchedule, model_outp
                                  require_diffusers, resolve_prediction_type)
 from .discretization import Discretization
 from .native import FastSampler
-from .predictor import load_predictor
 from .processes import _bcast, get_process
+from .sampling.guidance import GuidedBackbone
+from .sampling.load import load_predictor
+from .sampling.seeds import draw
 from .schedules import get_schedule, shifted_uniform
 from .solvers import _check_schedule, get_solver, linear_form, unpack_discretization
-from .training.seeds import draw
-from .training.teacher import GuidedBackbone
 
 require_diffusers()
 from diffusers import DiffusionPipeline  # noqa: E402
@@ -63,7 +63,7 @@ class IndisPipelineOutput(BaseOutput):
 
 def _noise_from_generators(generators: Sequence[torch.Generator], data_shape, prior_std: float, n_choices: int = 0):
     """x_T [B, *data_shape] (float32) and, if n_choices, an index [B] from one generator per sample, in the draw order
-    of indis.training.seeds (noise, then the index), so that torch.Generator().manual_seed(s) gives seed s's x_T."""
+    of indis.sampling.seeds (noise, then the index), so that torch.Generator().manual_seed(s) gives seed s's x_T."""
     noise, idx = [], []
     for g in generators:
         if not isinstance(g, torch.Generator):
@@ -204,7 +204,7 @@ class IndisPipeline:
 
         Batch: the prompts (or prompt_embeds rows) times num_images_per_prompt, the class labels, the seeds, the
         generators or num_images, whichever are given (they must agree). Noise: `seeds` (x_T of each seed as
-        `indis sample` and indis.training.seeds draw it), or one torch.Generator per image (a CPU generator seeded
+        `indis sample` and indis.sampling.seeds draw it), or one torch.Generator per image (a CPU generator seeded
         with s gives seed s's noise), or, with neither, random seeds (returned in the output). A class-conditional
         model without class_labels takes each seed's label from its stream, as `indis sample`.
         guidance_scale: classifier-free guidance, cond and uncond in one doubled batch per network call. The
@@ -362,7 +362,7 @@ class IndisScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
-        """The prior's standard deviation: x_T = init_noise_sigma * N(0, I) (as indis.training.seeds)."""
+        """The prior's standard deviation: x_T = init_noise_sigma * N(0, I) (as indis.sampling.seeds)."""
         return self.process.prior_std()
 
     @property

@@ -22,6 +22,7 @@ from torch import nn
 
 from .backbones.base import CondSpec
 from .discretization import Discretization, DiscretizationParam
+from .io import save_tensors
 
 Tensor = torch.Tensor
 
@@ -85,7 +86,8 @@ class Predictor(nn.Module):
         self.use_instance, self.use_cond = bool(use_instance), bool(use_cond)
         if not self.use_instance and (cond_spec.kind == "none" or not self.use_cond):
             raise ValueError("a predictor with neither instance nor condition input is a global schedule: use GlobalDiscretization")
-        self.prior_std = param.process.prior_std(param.T)
+        with torch.device("cpu"):  # a Python float, also when the module is built on the meta device
+            self.prior_std = param.process.prior_std(param.T)
         n = param.nfe
         if self.use_instance:
             if len(self.data_shape) == 1:
@@ -165,50 +167,9 @@ class GlobalDiscretization(nn.Module):
         return Discretization(d.timesteps.expand(b, -1), d.dtau.expand(b, -1), d.gamma.expand(b, -1))
 
 
-def build_from_config(cfg: Dict) -> nn.Module:
-    """Rebuild a Predictor or GlobalDiscretization (untrained) from its config()."""
-    cfg = dict(cfg)
-    kind = cfg.pop("class")
-    param = DiscretizationParam.from_config(cfg.pop("param"))
-    cond_spec = CondSpec(**cfg.pop("cond_spec"))
-    if kind == "Predictor":
-        return Predictor(param, cfg.pop("data_shape"), cond_spec, **cfg)
-    if kind == "GlobalDiscretization":
-        return GlobalDiscretization(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec)
-    if kind == "LD3Discretization":
-        from .training.ld3 import LD3Discretization
-
-        return LD3Discretization(param, data_shape=cfg.pop("data_shape"), cond_spec=cond_spec, **cfg)
-    if kind == "FixedDiscretization":
-        from .training.train import FixedDiscretization
-
-        return FixedDiscretization(param, torch.zeros(param.nfe + 1, dtype=torch.float64), cond_spec=cond_spec, **cfg)
-    raise ValueError(f"unknown predictor class {kind!r}")
-
-
 def save_predictor(path, model: nn.Module, metadata: Optional[Dict] = None) -> None:
     """safetensors + JSON metadata (config plus whatever the caller adds: NFE, solver, backbone id, metrics)."""
-    from .io import save_tensors
-
     meta = dict(metadata or {})
     meta["config"] = model.config()
     meta.setdefault("nfe", model.param.nfe)
     save_tensors(path, model.state_dict(), meta)
-
-
-def load_predictor(path, backbone_id: Optional[str] = None):
-    """(model, metadata). If backbone_id is given it must match the one recorded at training time."""
-    from .io import load_tensors
-
-    tensors, meta = load_tensors(path)
-    if "config" not in meta:
-        raise ValueError(f"{path}: metadata has no predictor config")
-    if backbone_id is not None and meta.get("backbone_id") not in (None, backbone_id):
-        raise ValueError(
-            f"{path} was trained for backbone id {meta.get('backbone_id')}, but the given backbone has id {backbone_id}"
-        )
-    model = build_from_config(meta["config"])
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    return model, meta

@@ -96,6 +96,8 @@ class Process:
         if not torch.isfinite(t).all():
             raise ValueError(f"{what} contain NaN or inf")
         lo, hi = self.t_valid
+        # compare in float64: against a Python bound a float32 tensor rounds the bound to float32 (1 + 1e-9 -> 1.0)
+        t = t.detach().to(torch.float64)
         if (t <= lo).any() or (t >= hi).any():
             bad = t[(t <= lo) | (t >= hi)].flatten()[0].item()
             raise ValueError(

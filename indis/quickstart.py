@@ -68,9 +68,10 @@ def run_quickstart(args) -> int:
     from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
     from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
     from .io import atomic_write_json, atomic_write_text
-    from .predictor import load_predictor
+    from .sampling.load import load_predictor
     from .engines.spec import resolve_backbone
-    from .training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
+    from .sampling.guidance import GuidedBackbone
+    from .training.teacher import TeacherConfig, generate_teacher, load_teacher
     from .training.train import TrainConfig, train
 
     if args.nfe < 1 or args.n_train < 20 or args.n_eval < 8 or args.steps < 1 or args.latency_batch < 1:
@@ -146,7 +147,7 @@ def run_quickstart(args) -> int:
     for n in lat_nfes:
         if n != k:
             edirs[n] = os.path.join(out, f"engines_latency_nfe{n}")
-            export_folder(phis[n], bb, edirs[n], backbone_spec_str=args.backbone, log=log)
+            export_folder(phis[n], bb, edirs[n], backbone_spec_str=args.backbone, overwrite=True, log=log)
     bench = run_latency(bb, lat_nfes, [args.latency_batch], [b for b in BACKENDS if b != "trt"], engines_dir=edirs,
                         predictor_factory=lambda n: phis[n], reps=20, warmup=2, progress=False)
     paths = write_report(bench, out)
@@ -182,7 +183,7 @@ def _export(predictor, backbone, out_dir, spec: str, log) -> Dict:
     """ONNX export of predictor and backbone into an engines folder, verified against PyTorch (fp32, 1e-4)."""
     from .export.pipeline import export_folder
 
-    man = export_folder(predictor, backbone, out_dir, backbone_spec_str=spec, log=log)
+    man = export_folder(predictor, backbone, out_dir, backbone_spec_str=spec, overwrite=True, log=log)
     worst = {net: max(v["ort_cpu_max_abs_error"].values()) for net, v in man.get("numerics", {}).items()}
     return {"dir": out_dir, "files": sorted(man["artifacts"]), "ort_max_abs_error_vs_torch": worst}
 
@@ -199,7 +200,7 @@ def _fast_sample(predictor, backbone, teacher, engines_dir, log) -> Dict:
         ref = sample(backbone, x_T, predictor(x_T, cond), solver="ipndm", cond=cond, state_dtype=torch.float32)
     out: Dict = {"n": len(pos), "backends": {}}
     for backend in (["native"] if native_available() else []) + ["ort"]:
-        sampler = load_engine_sampler(engines_dir, backend=backend, log=log)
+        sampler = load_engine_sampler(engines_dir, backend=backend, backbone=backbone, log=log)
         x0, info = sampler(x_T, cond)
         out["backends"][backend] = {"path": info.get("path", backend), "max_abs_diff_vs_torch": float((x0 - ref).abs().max()),
                                     "total_ms": 1e3 * info["total"]}

@@ -291,6 +291,11 @@ def _per_sample(v: Optional[Tensor], b: int, dtype, device) -> Optional[Tensor]:
 # ------------------------------------------------------------------------------------------------
 # Sampling
 # ------------------------------------------------------------------------------------------------
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """True if a and b are (views of) the same storage."""
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _resolve_model(backbone, process, prediction_type):
     process = getattr(backbone, "process", None) if process is None else process
     prediction_type = getattr(backbone, "prediction_type", None) if prediction_type is None else prediction_type
@@ -353,7 +358,10 @@ def sample(
 
         def call(xx, tt):
             out = backbone(xx.to(model_dtype), tt, cond)
-            return process.to_eps(out.to(state_dtype), xx, tt, ptype)
+            eps = process.to_eps(out.to(state_dtype), xx, tt, ptype)
+            # The history may keep eps for several steps: a backbone that returns one buffer and overwrites it
+            # on the next call would change it there. Keep a copy when eps is the backbone's own memory.
+            return eps.clone() if gamma is None and _shares_memory(eps, out) else eps
 
         if checkpoint and torch.is_grad_enabled():
             eps = torch.utils.checkpoint.checkpoint(call, x, tc, use_reentrant=False)

@@ -49,7 +49,7 @@ def test_ort_backend_against_its_own_backbone_and_refuses_foreign_engines(tmp_pa
     from indis.discretization import DiscretizationParam
     from indis.export.pipeline import export_folder
     from indis.predictor import Predictor
-    from indis.training.demo import ImageGMM
+    from indis.backbones.demo import ImageGMM
 
     bb = ImageGMM(channels=1, res=8, components=3)
     phi = Predictor(DiscretizationParam(bb.process, 2), bb.data_shape, bb.cond_spec, hidden=16, conv_width=8).eval()

@@ -19,7 +19,7 @@ def _worker(rank, world, root):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/pg", rank=rank, world_size=world)
     try:
-        from indis.training.demo import ImageGMM
+        from indis.backbones.demo import ImageGMM
         from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
         from indis.training.train import train
 
@@ -34,7 +34,7 @@ def _worker(rank, world, root):
 
 
 def test_two_gloo_processes(tmp_path):
-    from indis.training.demo import ImageGMM
+    from indis.backbones.demo import ImageGMM
     from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
     from indis.training.train import build_model, train
 

@@ -10,8 +10,8 @@ from indis.discretization import DiscretizationParam
 from indis.export.pipeline import export_folder
 from indis.predictor import Predictor
 from indis.solvers import sample
-from indis.training.demo import ImageGMM
-from indis.training.seeds import draw
+from indis.backbones.demo import ImageGMM
+from indis.sampling.seeds import draw
 from conftest import small_edm
 
 SEEDS = list(range(7))

@@ -5,9 +5,10 @@ import torch
 
 from indis.cli import main
 from indis.evaluate import evaluate_methods, markdown_table, plot_timesteps, predictor_overhead, write_results
-from indis.training.demo import ImageGMM
+from indis.backbones.demo import ImageGMM
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
-from indis.training.train import TrainConfig, build_model, heuristic
+from indis.sampling.fixed import heuristic
+from indis.training.train import TrainConfig, build_model
 
 
 @pytest.fixture(scope="module")

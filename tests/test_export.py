@@ -16,7 +16,7 @@ from indis.export.onnx_export import (BackboneForExport, PredictorForExport, bac
                                       export_bytes, load_onnx_checked, predictor_spec)
 from indis.export.trt_ops import TRT_SUPPORTED_OPS, check_trt_graph
 from indis.predictor import GlobalDiscretization, Predictor
-from indis.training.demo import ImageGMM
+from indis.backbones.demo import ImageGMM
 from conftest import small_edm
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch, absolute, on random inputs

@@ -4,8 +4,8 @@ import types
 import pytest
 import torch
 
-from indis.training import losses
-from indis.training.losses import LPIPS, TRUNK_FILES, _build_features, get_distance
+from indis.metrics import distances as losses
+from indis.metrics.distances import LPIPS, TRUNK_FILES, _build_features, get_distance
 
 
 def test_simple_distances():

@@ -45,7 +45,7 @@ def close(a, b, tol=1e-4):
 def per_sample(bb, pred, x_T, cond, solver, scale=1.0, null=None):
     """indis.sample one sample at a time (batch 1), with the same guidance: the reference of the batched call."""
     from indis import sample
-    from indis.training.teacher import GuidedBackbone
+    from indis.sampling.guidance import GuidedBackbone
 
     out = []
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_class_unet_batched_call_equals_indis_sample(diffusers, backend, solver)
     sample; output types pil / np / pt / latent."""
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.pipelines import IndisPipeline
-    from indis.training.seeds import draw
+    from indis.sampling.seeds import draw
 
     pipe = class_unet_pipe(diffusers)
     bb = DiffusersAdapter.from_pretrained(pipe)
@@ -116,7 +116,7 @@ def test_sd3_prompt_embeds_guidance_and_vae(diffusers, tmp_path):
     from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
     from indis.pipelines import IndisPipeline
     from indis.predictor import save_predictor
-    from indis.training.seeds import prior_noise
+    from indis.sampling.seeds import prior_noise
 
     pipe = sd3_pipe(diffusers)
     pred = random_predictor(DiffusersAdapter.from_pretrained(pipe, text_seq_len=5), seed=1)
@@ -157,7 +157,7 @@ def test_sdxl_unet_batched_call(diffusers):
     the all-zero null condition (INDIS's training convention)."""
     from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
     from indis.pipelines import IndisPipeline
-    from indis.training.seeds import prior_noise
+    from indis.sampling.seeds import prior_noise
 
     bb = DiffusersAdapter.from_pretrained(tiny_unet_cond(diffusers, sdxl=True),
                                           scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), text_seq_len=5)
@@ -178,8 +178,8 @@ def test_trained_predictor_from_the_cli_matches_indis_sample(diffusers, tmp_path
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.cli import main
     from indis.pipelines import IndisPipeline
-    from indis.predictor import load_predictor
-    from indis.training.seeds import draw
+    from indis.sampling.load import load_predictor
+    from indis.sampling.seeds import draw
 
     class_unet_pipe(diffusers).save_pretrained(str(tmp_path / "pipe"))
     d, spec = str(tmp_path), f"diffusers:{tmp_path / 'pipe'}"
@@ -218,7 +218,7 @@ def test_scheduler_loop_equals_indis_sample(diffusers, family, solver):
     from indis import sample
     from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
     from indis.pipelines import IndisScheduler
-    from indis.training.seeds import prior_noise
+    from indis.sampling.seeds import prior_noise
 
     if family == "ddpm_unet":
         model, bb = ddpm_unet_and_adapter(diffusers)

@@ -3,7 +3,8 @@ import torch
 
 from indis.backbones import CondSpec
 from indis.discretization import DiscretizationParam
-from indis.predictor import GlobalDiscretization, Predictor, load_predictor, pool_text, save_predictor
+from indis.predictor import GlobalDiscretization, Predictor, pool_text, save_predictor
+from indis.sampling.load import load_predictor
 from indis.schedules import get_schedule
 
 

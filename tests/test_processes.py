@@ -66,3 +66,13 @@ def test_bad_names():
         get_process("edm").to_eps(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), "score")
     with pytest.raises(ValueError, match="valid range"):
         get_process("flow").check_times(torch.tensor([1.2, 0.5]))
+
+
+@pytest.mark.parametrize("name", ALL_PROCESSES)
+def test_check_times_accepts_the_end_points_in_float32(name):
+    # a float32 tensor compared with the Python bound 1 + 1e-9 rounds the bound to 1.0 and rejected T = 1
+    p = get_process(name)
+    for dtype in (torch.float32, torch.float64):
+        p.check_times(torch.tensor([p.T, p.t0], dtype=dtype))
+    with pytest.raises(ValueError, match="valid range"):
+        p.check_times(torch.tensor([p.t_valid[1] * 2 if p.t_valid[1] < 1e30 else -1.0], dtype=torch.float32))

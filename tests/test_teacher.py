@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from indis.backbones import CondSpec
-from indis.training.demo import ImageGMM
-from indis.training.seeds import conditions_for_seeds, draw, prior_noise
+from indis.backbones.demo import ImageGMM
+from indis.sampling.seeds import conditions_for_seeds, draw, prior_noise
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
 
 
@@ -104,7 +104,7 @@ def test_conditional_teacher_with_guidance(tmp_path):
 
 def test_guidance_combines_conditional_and_null_calls():
     from indis.backbones import Backbone
-    from indis.training.teacher import GuidedBackbone
+    from indis.sampling.guidance import GuidedBackbone
 
     class Toy(Backbone):
         def __init__(self):

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from indis.io import load_tensors
-from indis.predictor import GlobalDiscretization, Predictor, load_predictor
-from indis.training.demo import ImageGMM
-from indis.training.ld3 import LD3Discretization, ball_proposal, ball_radius
+from indis.predictor import GlobalDiscretization, Predictor
+from indis.sampling.load import load_predictor
+from indis.backbones.demo import ImageGMM
+from indis.baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
 from indis.training.train import TrainConfig, build_model, cosine_lr, train
 
@@ -78,6 +79,8 @@ def test_methods_and_ablations_build_what_they_say():
     m = build_model(TrainConfig(no_cond=True, nfe=3), cb)
     assert m.use_instance and not m.use_cond
     with pytest.raises(ValueError, match="unknown method"):
+        build_model(TrainConfig(method="bogus"), bb)
+    with pytest.raises(ValueError, match="training-free peer"):  # searched by train(), not built (indis.baselines)
         build_model(TrainConfig(method="dmn"), bb)
 
 

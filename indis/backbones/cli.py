@@ -49,7 +49,10 @@ def add_subparsers(subparsers) -> None:
 
 
 def run_convert_edm(args) -> int:
+    from ..io import claim_folder
     from .convert import convert_edm
+
+    claim_folder(args.out, "backbone folder", "convert-edm")  # not into a teacher, training run or export folder
 
     net_kwargs = json.loads(args.net_kwargs) if args.net_kwargs else None
     cfg = convert_edm(args.ckpt, args.out, trust_pickle=args.trust_pickle, preset=args.preset, net_kwargs=net_kwargs)
@@ -60,6 +63,10 @@ def run_convert_edm(args) -> int:
 def run_train_backbone(args) -> int:
     from .bundled import TrainConfig, evaluate_bundled, train_bundled
 
+    from ..io import claim_folder
+
+    for folder in {args.out, args.export or args.out}:  # not into a teacher, training run or export folder
+        claim_folder(folder, "backbone folder", "train-backbone")
     cfg = TrainConfig()
     for field, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                          ("model_channels", args.channels), ("resolution", args.resolution), ("seed", args.seed),

@@ -48,6 +48,11 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=600, help="with --quality: training teacher samples")
     p.add_argument("--n-eval", type=int, default=500, help="with --quality: held-out teacher samples")
     p.add_argument("--steps", type=int, default=200, help="with --quality: training steps per method and NFE")
+    p.add_argument("--methods", type=_names, default=["god", "ld3", "indis"],
+                   help="with --quality: trained (god, ld3, indis, amed, indis+sdm, indis+sdm+afs) and training-free peers "
+                        "(gits, dmn, sdm; indis.baselines)")
+    p.add_argument("--learned-solvers", type=_names, default=["ipndm"],
+                   help="with --quality: solvers GOD/LD3/INDIS are trained through (best on validation), e.g. ipndm,dpmpp_2m,unipc")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_bench)
 
@@ -77,7 +82,7 @@ def run_bench(args) -> int:
         engines = {n: os.path.join(args.out, f"engines_nfe{n}") for n in nfes}
         for n in nfes:
             export_folder(phis[n], bb, engines[n], backbone_spec_str=args.backbone, tensorrt="trt" in args.backends
-                          and args.device.startswith("cuda"), log=lambda *a: None)
+                          and args.device.startswith("cuda"), overwrite=True, log=lambda *a: None)
         factory = phis.__getitem__
     report = run_latency(bb, nfes, args.batch, args.backends, device=args.device, predictor_factory=factory,
                          engines_dir=engines, warmup=args.warmup, reps=args.reps, progress=not args.no_progress)
@@ -100,7 +105,7 @@ def _run_quality(args) -> int:
             rows = _tree_rows(args, nfes)
             by_backbone["tree (exact)"] = rows
         else:
-            out = run_quality(spec, os.path.join(args.out, "work"), nfes, n_train=args.n_train, n_eval=args.n_eval,
+            out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, learned_solvers=args.learned_solvers, n_train=args.n_train, n_eval=args.n_eval,
                               steps=args.steps, results_stem=os.path.join(args.out, f"quality_{spec}"),
                               plot_dir=args.out, progress=not args.no_progress)
             rows = out["rows"]
@@ -130,7 +135,8 @@ def _tree_rows(args, nfes):
 
 def _table(name, rows, nfes) -> str:
     metrics = [m for m in ("mse", "fd", "fd_data", "kl", "w2") if any(r.get(m) is not None for r in rows)]
-    methods = [m for m in ("best heuristic", "god", "ld3", "indis") if any(r["method"] == m for r in rows)]
+    methods = [m for m in ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm", "indis+sdm+afs")
+               if any(r["method"] == m for r in rows)]
     out = [f"### {name}", ""]
     for metric in metrics:
         out += [f"| {metric} | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|" + "---|" * len(nfes)]

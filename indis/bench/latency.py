@@ -184,13 +184,13 @@ def _engine_runner(kind: str):
         if s.engines_dir is None:
             raise Unavailable(f"the {kind} backend runs exported artifacts: pass --engines DIR (made by `indis export`)")
         try:
-            from ..engines.runtime import load_engine_sampler
+            from ..engines.loader import load_engine_sampler
         except ImportError as e:
             raise Unavailable(f"indis.engines is not importable: {e}") from e
         try:
             fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
-                                     log=lambda *a: None)
-        except (ImportError, RuntimeError) as e:
+                                     backbone=s.backbone, log=lambda *a: None)
+        except (ImportError, RuntimeError, ValueError) as e:  # ValueError: an ArtifactError (other backbone, ...)
             raise Unavailable(str(e)) from e
         man_bid, man_nfe = fs.manifest["backbone_id"], int(fs.manifest["nfe"])
         if man_bid != s.backbone.backbone_id or man_nfe != s.nfe:

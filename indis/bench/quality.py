@@ -18,6 +18,9 @@ import torch
 
 Tensor = torch.Tensor
 HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
+# trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
+COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
+              "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
 
 
 def run_quality(
@@ -34,21 +37,36 @@ def run_quality(
     plot_dir: Optional[str] = None,
     progress: bool = True,
     log=print,
+    heuristic_solvers: Sequence[str] = ("ipndm", "dpmpp_2m", "unipc"),
+    peer_afs: str = "both",
+    pilots: int = 128,
+    learned_solvers: Sequence[str] = ("ipndm",),
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...], "meta": {...},
-    "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given."""
+    "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given.
+    methods: any of god, ld3, indis, amed (trained), indis+sdm / indis+sdm+afs (INDIS from SDM's schedule with SDM's
+    order schedule, and with AFS; COMPOSITES) and gits, dmn, sdm (training-free peers, indis.baselines: each is
+    searched over the solvers of heuristic_solvers and with/without AFS per peer_afs, best on the validation split).
+    The "best heuristic" row is the best of uniform/logsnr/polynomial x heuristic_solvers (x AFS per peer_afs) by
+    training-set MSE, sampled with its solver. GOD/LD3/INDIS are trained through each solver of learned_solvers (default
+    iPNDM only), each from the best heuristic under that solver; the one with the least validation distance is the row.
+    AMED-Plugin (amed) is trained on iPNDM."""
     from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
-    from ..predictor import load_predictor
+    from ..sampling.load import load_predictor
     from ..training.cli import load_backbone_spec
-    from ..training.teacher import GuidedBackbone, TeacherConfig, generate_teacher, load_teacher
-    from ..training.train import TrainConfig, heuristic, train
+    from ..sampling.guidance import GuidedBackbone
+    from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
+    from ..baselines.common import Sampled
+    from ..baselines.search import best_heuristic
+    from ..sampling.fixed import heuristic
+    from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
 
     nfes = [int(k) for k in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFEs must be positive integers, got {nfes}")
-    bad = [m for m in methods if m not in ("god", "ld3", "indis")]
+    bad = [m for m in methods if m not in METHODS and m not in COMPOSITES]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; expected a subset of god, ld3, indis")
+        raise ValueError(f"unknown method(s) {bad}; expected a subset of {', '.join(METHODS + tuple(COMPOSITES))}")
     bb = load_backbone_spec(backbone_spec)
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
     t0 = time.time()
@@ -58,21 +76,43 @@ def run_quality(
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
     best = best_heuristics(bb, tr, nfes)
     models: Dict[str, Dict[int, torch.nn.Module]] = {h: {k: heuristic(bb, h, k) for k in nfes} for h in HEURISTIC_NAMES}
-    models["best heuristic"] = {k: best[k]["model"] for k in nfes}
+    from ..baselines.search import parse_afs
+
+    best_any = {k: best_heuristic(bb, tr, k, HEURISTIC_NAMES, tuple(heuristic_solvers), parse_afs(peer_afs)) for k in nfes}
+    models["best heuristic"] = {k: best_any[k][0] for k in nfes}
     train_info = {}
+    inits = {"ipndm": best}  # per solver: the best heuristic under it, where the trained methods start
     for m in methods:
         models[m] = {}
         for k in nfes:
-            cfg = TrainConfig(method=m, nfe=k, steps=steps, batch_size=batch, lr=lr, init_schedule=best[k]["name"],
-                              val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0)
-            t1 = time.time()
-            meta = train(bb, tr, cfg, f"{work}/{m}_nfe{k}", progress=progress)
-            model, _ = load_predictor(f"{work}/{m}_nfe{k}/predictor.safetensors", bb.backbone_id)
+            cands = []
+            base = COMPOSITES.get(m, {"method": m})
+            for sol in (tuple(learned_solvers) if base["method"] in ("god", "ld3", "indis") else ("ipndm",)):
+                if sol not in inits:
+                    inits[sol] = best_heuristics(bb, tr, nfes, solver=sol)
+                tag = f"{m}_nfe{k}" if sol == "ipndm" else f"{m}_{sol}_nfe{k}"
+                opts = dict(method=m, nfe=k, solver=sol, steps=steps, batch_size=batch, lr=lr, init_schedule=inits[sol][k]["name"],
+                            val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
+                            peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
+                cfg = TrainConfig(**{**opts, **base})
+                t1 = time.time()
+                meta = train(bb, tr, cfg, f"{work}/{tag}", overwrite=True, progress=progress)  # its own scratch runs
+                model, _ = load_predictor(f"{work}/{tag}/predictor.safetensors", bb.backbone_id)
+                if sol != "ipndm" and not hasattr(model, "sampling"):  # evaluated with the solver it was trained through
+                    model = Sampled(model, sol)
+                info = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"], "best_val": meta["metrics"]["best_val"],
+                        "best_step": meta["metrics"]["best_step"], "params": meta["params"], "solver": sol}
+                if m in PEER_METHODS:
+                    search = meta["metrics"]["search"]
+                    info.update(solver=search["solver"], afs=search["afs"], orders=search["orders"],
+                                timesteps=search["timesteps"], search_network_calls=search["search_network_calls"])
+                train_info[tag] = info
+                log(f"{m} NFE {k}: {info}")
+                cands.append((meta["metrics"]["best_val"], tag, model))
+            best_val, tag, model = min(cands, key=lambda c: c[0])
             models[m][k] = model.eval()
-            train_info[f"{m}_nfe{k}"] = {"seconds": time.time() - t1, "initial_val": meta["metrics"]["initial_val"],
-                                         "best_val": meta["metrics"]["best_val"], "best_step": meta["metrics"]["best_step"],
-                                         "params": meta["params"]}
-            log(f"{m} NFE {k}: {train_info[f'{m}_nfe{k}']}")
+            if len(cands) > 1:
+                train_info[f"{m}_nfe{k}_selected"] = tag
     feats, ref_data = None, None
     if tuple(bb.data_shape) == (1, 16, 16):
         from ..data.digits import load_digits_split
@@ -102,7 +142,9 @@ def run_quality(
         over = predictor_overhead(models["indis"][nfes[len(nfes) // 2]], bb, batch=64)
     meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
             "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse"},
-            "best_heuristic": {k: {"name": best[k]["name"], "train_mse": best[k]["scores"]} for k in nfes},
+            "best_heuristic": {k: {"name": best_any[k][1]["name"], "solver": best_any[k][1]["solver"], "train_mse": best_any[k][1]["scores"]}
+                               for k in nfes},
+            "init_schedule_ipndm": {k: {"name": best[k]["name"], "train_mse": best[k]["scores"]} for k in nfes},
             "teacher_seconds": t_teacher, "training": train_info, "teacher_fd_to_heldout_data": teacher_fd_data, "overhead": over,
             "threads": torch.get_num_threads()}
     if results_stem is not None:
@@ -111,7 +153,8 @@ def run_quality(
 
 
 def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metric: str = "mse",
-                 methods: Sequence[str] = ("best heuristic", "god", "ld3", "indis")) -> None:
+                 methods: Sequence[str] = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm",
+                                           "indis+sdm+afs")) -> None:
     """Fig. 3-style plot: a metric against NFE (log scale), one panel per backbone, one line per method."""
     import matplotlib
 

@@ -21,6 +21,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from ..io import atomic_write_json, save_tensors
+
 Tensor = torch.Tensor
 
 EXTRACTOR_NAME = "digits-cnn-v1"
@@ -107,11 +109,9 @@ def train_digits_features(epochs: int = 30, seed: int = 0, save: bool = False) -
     finally:
         torch.set_num_threads(n_threads)
     if save:
-        from ..backbones.convert import atomic_save_json, atomic_save_safetensors
-
-        atomic_save_safetensors(net.state_dict(), FEATURES_WEIGHTS)
-        atomic_save_json({"name": EXTRACTOR_NAME, "heldout_accuracy": acc, "epochs": epochs, "seed": seed,
-                          "torch": torch.__version__, "doc": "indis/metrics/fid.py"}, FEATURES_INFO)
+        save_tensors(FEATURES_WEIGHTS, net.state_dict())
+        atomic_write_json(FEATURES_INFO, {"name": EXTRACTOR_NAME, "heldout_accuracy": acc, "epochs": epochs, "seed": seed,
+                                          "torch": torch.__version__, "doc": "indis/metrics/fid.py"})
     return {"net": net, "heldout_accuracy": acc}
 
 

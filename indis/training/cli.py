@@ -1,10 +1,12 @@
 """`indis teacher | train | eval | sample`: teacher datasets, training, evaluation and sampling from the shell.
 
-Backbones are named by a spec:
+Backbones are named by a spec (indis.engines.spec.resolve_backbone):
   bundled            the bundled digits EDM network (indis.backbones.bundled.load_bundled)
   ideal              the ideal empirical denoiser of the digits training set (indis.backbones.ideal)
-  gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.training.demo.ImageGMM)
-  module:function    any callable returning a backbone
+  gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.backbones.demo.ImageGMM)
+  edm:PRESET[:SEED], a convert-edm folder, module:function
+Every command checks its options and its output path before any work: each writes its own kind of folder
+(indis.io.claim_folder) and refuses the others'.
 Distributed runs: launch with torchrun; the process group is initialised from its environment (gloo on CPU,
 NCCL when CUDA is available).
 """
@@ -36,22 +38,14 @@ def maybe_init_distributed() -> bool:
     return True
 
 
-def _seeds(text: str):
-    out = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out += list(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    if not out:
-        raise ValueError(f"no seeds in {text!r}")
-    return out
+MAX_GRID_SAMPLES = 16384  # `indis sample` writes one grid image (and one JSON) holding every sample
 
 
 def run_teacher(args) -> int:
+    from ..io import TEACHER, claim_folder
     from .teacher import TeacherConfig, generate_teacher
 
+    claim_folder(args.out, TEACHER, "teacher")  # before any work
     torch.set_num_threads(args.threads) if args.threads else None
     dist = maybe_init_distributed()
     bb = load_backbone_spec(args.backbone)
@@ -59,11 +53,15 @@ def run_teacher(args) -> int:
     if args.prompt_table:
         from ..io import load_tensors
 
-        table = load_tensors(args.prompt_table)[0]["table"]
+        tensors = load_tensors(args.prompt_table)[0]
+        if "table" not in tensors:
+            raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] pooled prompt "
+                             f"embeddings); it has {sorted(tensors)}")
+        table = tensors["table"]
     cfg = TeacherConfig(count=args.count, first_seed=args.first_seed, shard_size=args.shard_size, solver=args.solver,
                         steps=args.steps, schedule=args.schedule, order=args.order, cfg_scale=args.cfg_scale,
                         state_dtype=args.state_dtype, batch_size=args.batch_size)
-    m = generate_teacher(bb, args.out, cfg, table, progress=not args.no_progress)
+    m = generate_teacher(bb, args.out, cfg, table, progress=not args.no_progress, log=print)
     if not dist or torch.distributed.get_rank() == 0:
         print(f"teacher dataset {args.out}: {m['count']} samples in {len(m['shards'])} shards, backbone {m['backbone_id']}")
     return 0
@@ -81,21 +79,44 @@ def _add_train_options(p):
             p.add_argument(opt, type=typ, default=None, help=f"(default {f.default})")
 
 
+def _read_config(path) -> dict:
+    """A --config JSON file of training options, or a ValueError that names the file and what is wrong."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"--config {path} is a folder, not a JSON file") from None
+    try:
+        base = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(base, dict):
+        raise ValueError(f"--config {path} must hold a JSON object of option: value, got {type(base).__name__}")
+    return base
+
+
 def run_train(args) -> int:
     from .teacher import load_teacher
-    from .train import TrainConfig, train
+    from .train import TrainConfig, check_run_folder, train
 
-    torch.set_num_threads(args.threads) if args.threads else None
-    maybe_init_distributed()
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = _read_config(args.config) if args.config else {}
     for f in fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             base[f.name] = v
-    cfg = TrainConfig.from_dict(base)
+    try:
+        cfg = TrainConfig.from_dict(base)
+    except ValueError as e:
+        raise ValueError(f"{e}" + (f" (--config {args.config} or the command line)" if args.config else "")) from None
+    cfg.validate()
+    check_run_folder(args.out, args.resume, args.overwrite)  # before any work
+    torch.set_num_threads(args.threads) if args.threads else None
+    maybe_init_distributed()
     bb = load_backbone_spec(args.backbone)
     ds = load_teacher(args.teacher, bb)
-    meta = train(bb, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress, log=print)
+    meta = train(bb, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress, log=print,
+                 overwrite=args.overwrite)
     if "metrics" in meta:
         m = meta["metrics"]
         print(f"{cfg.method} NFE {cfg.nfe}: validation {cfg.loss} {m['initial_val']:.5g} (initial) -> {m['best_val']:.5g} (step {m['best_step']}); "
@@ -119,11 +140,18 @@ def _features(kind: str, inception_weights: Optional[str] = None):
 
 def run_eval(args) -> int:
     from ..evaluate import evaluate_methods, write_results
-    from ..predictor import load_predictor
-    from .losses import LPIPS
+    from ..sampling.load import load_predictor
+    from ..metrics.distances import LPIPS
     from .teacher import load_teacher
-    from .train import heuristic
+    from ..sampling.fixed import heuristic
 
+    from ..io import check_writable_file
+
+    stem = Path(args.out)
+    for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):  # before any work
+        check_writable_file(path)
+    if any(k < 1 for k in args.nfe):
+        raise ValueError(f"--nfe must be positive integers, got {args.nfe}")
     torch.set_num_threads(args.threads) if args.threads else None
     bb = load_backbone_spec(args.backbone)
     ds = load_teacher(args.teacher, bb)
@@ -131,7 +159,7 @@ def run_eval(args) -> int:
     for spec in args.predictor or []:
         name, path = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
         model, meta = load_predictor(path, bb.backbone_id)
-        methods.setdefault(name, {})[int(meta["nfe"])] = model.eval()
+        methods.setdefault(name, {})[int(meta.get("nfe", model.param.nfe))] = model.eval()
     lp = None
     if args.lpips_weights or args.lpips:
         try:
@@ -144,6 +172,47 @@ def run_eval(args) -> int:
     return 0
 
 
+def _check_sample_options(args):
+    """Options of `indis sample` that contradict each other or the predictor, and the output paths: all
+    checked before any work. Returns the parsed seeds."""
+    from ..io import check_writable_file
+    from ..sampling.seeds import parse_seeds
+
+    seeds = parse_seeds(args.seeds).check_count(MAX_GRID_SAMPLES, "the grid of `indis sample`")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.nfe is not None and args.nfe < 1:
+        raise ValueError(f"--nfe must be positive, got {args.nfe}")
+    out = Path(args.out)
+    for path in [out, out.with_suffix(".timesteps.json")] + ([out.with_suffix(".timesteps.png")] if args.plot else []):
+        check_writable_file(path)
+    if args.engines:
+        if args.predictor:
+            raise ValueError("--engines brings its own predictor; give --engines DIR or --predictor FILE, not both")
+        if args.schedule is not None:
+            raise ValueError("--schedule applies to sampling without a predictor; the export folder of --engines has its own")
+        if args.nfe is not None:
+            from ..export.manifest import load_manifest
+
+            nfe = load_manifest(args.engines)["nfe"]
+            if args.nfe != nfe:
+                raise ValueError(f"--nfe {args.nfe} conflicts with the export folder {args.engines}, whose predictor "
+                                 f"takes {nfe} steps; leave --nfe out")
+    elif args.predictor:
+        if args.schedule is not None:
+            raise ValueError("--schedule applies to sampling without a predictor; the predictor makes its own schedule")
+        if args.nfe is not None:
+            from ..io import load_tensors
+
+            nfe = load_tensors(args.predictor)[1].get("nfe")
+            if nfe is not None and args.nfe != int(nfe):
+                raise ValueError(f"--nfe {args.nfe} conflicts with the predictor {args.predictor}, which was trained "
+                                 f"for {nfe} steps; leave --nfe out")
+    elif not args.backbone:
+        raise ValueError("give --backbone (or --engines DIR)")
+    return seeds
+
+
 def run_sample(args) -> int:
     import matplotlib
 
@@ -152,36 +221,41 @@ def run_sample(args) -> int:
 
     from ..evaluate import plot_timesteps
     from ..io import atomic_write_json
-    from ..predictor import load_predictor
-    from .seeds import draw
-    from .teacher import GuidedBackbone
-    from .train import heuristic, solve
+    from ..sampling.load import load_predictor
+    from ..sampling.fixed import heuristic
+    from ..sampling.guidance import GuidedBackbone
+    from ..sampling.seeds import draw, seed_batches
+    from ..sampling.solve import solve
 
-    seeds = _seeds(args.seeds)
+    seeds = _check_sample_options(args)
     if args.engines:  # an export folder on one backend (indis.engines)
         from ..engines.cli import sample_from_engines
 
-        x, discs, x_T, cond, model = sample_from_engines(args)
+        x, discs, x_T, cond, model = sample_from_engines(args, seeds)
     else:
-        if not args.backbone:
-            raise ValueError("give --backbone (or --engines DIR)")
         bb = load_backbone_spec(args.backbone)
+        solver = args.solver or "ipndm"
         if args.predictor:
             model, meta = load_predictor(args.predictor, bb.backbone_id)
+            solver = args.solver or meta.get("solver") or "ipndm"
         else:
-            model = heuristic(bb, args.schedule, args.nfe)
-        x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
+            model = heuristic(bb, args.schedule or "polynomial", args.nfe or 5)
         net = GuidedBackbone(bb, args.cfg_scale)
-        xs, discs = [], []
+        xs, discs, xts, conds = [], [], [], []
         from tqdm.auto import tqdm
 
-        with torch.no_grad():
-            for lo in tqdm(range(0, len(seeds), args.batch_size), desc="sample", disable=args.no_progress):
-                xb, cb = x_T[lo : lo + args.batch_size], None if cond is None else cond[lo : lo + args.batch_size]
+        with torch.no_grad(), tqdm(total=seeds.count, desc="sample", disable=args.no_progress) as bar:
+            for sb in seed_batches(seeds, args.batch_size):  # drawn batch by batch: memory bounded by the outputs
+                xb, cb = draw(sb, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
                 d = model(xb, cb)
                 discs.append(d)
-                xs.append(solve(d, net, xb, cb, args.solver))
+                xs.append(solve(d, net, xb, cb, solver))
+                xts.append(xb)
+                conds.append(cb)
+                bar.update(len(sb))
         x = torch.cat(xs).float()
+        x_T = torch.cat(xts)
+        cond = None if conds[0] is None else torch.cat(conds)
     if x.dim() != 4:
         raise ValueError(f"sample writes image grids; this backbone's samples have shape {tuple(x.shape[1:])}")
     b, c, h, w = x.shape
@@ -197,8 +271,9 @@ def run_sample(args) -> int:
     arr = grid.permute(1, 2, 0).numpy()
     plt.imsave(out, arr[..., 0] if c == 1 else arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     cat = lambda k: torch.cat([getattr(d, k) for d in discs]).double().tolist()
-    atomic_write_json(out.with_suffix(".timesteps.json"), {"seeds": seeds, "timesteps": cat("timesteps"), "dtau": cat("dtau"), "gamma": cat("gamma"),
-                                                           "predictor": args.engines or args.predictor, "schedule": None if (args.predictor or args.engines) else args.schedule})
+    atomic_write_json(out.with_suffix(".timesteps.json"), {"seeds": list(seeds), "timesteps": cat("timesteps"), "dtau": cat("dtau"), "gamma": cat("gamma"),
+                                                           "predictor": args.engines or args.predictor,
+                                                           "schedule": None if (args.predictor or args.engines) else (args.schedule or "polynomial")})
     if args.plot:
         plot_timesteps(model, x_T, cond, out.with_suffix(".timesteps.png"))
     print(f"wrote {out} and {out.with_suffix('.timesteps.json')}")
@@ -209,7 +284,10 @@ def add_subparsers(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     def common(p, backbone_required=True):
-        p.add_argument("--backbone", required=backbone_required, help="bundled | ideal | gmm-image | module:function")
+        p.add_argument("--backbone", required=backbone_required,
+                       help="bundled | ideal | gmm-image | edm:PRESET[:SEED] | DIR from convert-edm | module:function"
+                            + ("" if backbone_required else " (with --engines: the backbone of the torch and native "
+                               "backends when the export's manifest names no registry backbone)"))
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -234,7 +312,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--teacher", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--config", default=None, help="JSON file of training options (command-line options override it)")
-    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from out/checkpoint.safetensors (the backbone, teacher and options must be the run's)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out and start again")
     _add_train_options(p)
     p.set_defaults(func=run_train)
 
@@ -262,11 +342,12 @@ def add_subparsers(subparsers) -> None:
     from ..engines.cli import add_sample_options
 
     add_sample_options(p)  # --engines DIR --backend torch|ort|trt|native --device
-    p.add_argument("--predictor", default=None)
-    p.add_argument("--schedule", default="polynomial")
-    p.add_argument("--nfe", type=int, default=5)
-    p.add_argument("--solver", default="ipndm")
-    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9")
+    p.add_argument("--predictor", default=None, help="predictor.safetensors from `indis train` (else a heuristic schedule)")
+    p.add_argument("--schedule", default=None, help="heuristic schedule without a predictor (default polynomial)")
+    p.add_argument("--nfe", type=int, default=None, help="steps of the heuristic schedule (default 5); with a predictor "
+                   "or --engines it must match theirs")
+    p.add_argument("--solver", default=None, help="default: the predictor's or export folder's solver, else ipndm")
+    p.add_argument("--seeds", default="0-63", help=f"e.g. 0-63 or 1,5,9 (at most {MAX_GRID_SAMPLES} seeds: one grid)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cols", type=int, default=0)

@@ -4,7 +4,7 @@ Layout of a dataset folder:
   manifest.json            format, backbone id and config, process, teacher settings, count, shards + sha256
   shard_00000.safetensors  seeds [n] int64, x0 [n, *data_shape] float32, cond [n] or [n, dim] (conditional only)
   shard_00000.json         sidecar written after its shard: {"sha256": ..., "count": ...}
-The prior noise is *not* stored: x_T is regenerated bit-exactly from the seed (indis.training.seeds).
+The prior noise is *not* stored: x_T is regenerated bit-exactly from the seed (indis.sampling.seeds).
 
 Generation is resumable: shards whose file and sidecar exist and agree are skipped, so an interrupted run
 continues where it stopped. With torch.distributed initialised, shard i is made by rank i % world_size; rank 0
@@ -25,10 +25,11 @@ from typing import Dict, List, Optional
 import torch
 
 from ..backbones.base import CondSpec
-from ..io import atomic_write_json, load_tensors, save_tensors, sha256_file
+from ..io import TEACHER, atomic_write_json, claim_folder, load_tensors, save_tensors, sha256_file
 from ..schedules import get_schedule
 from ..solvers import get_solver, sample
-from .seeds import draw
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.seeds import draw
 
 Tensor = torch.Tensor
 FORMAT = "indis-teacher/1"
@@ -41,40 +42,6 @@ def parse_dtype(name) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-class GuidedBackbone(torch.nn.Module):
-    """Classifier-free guidance around a conditional backbone: out = u + scale (c - u), where u is the
-    prediction with the null condition (an all-zero one-hot / embedding, as EDM-style label dropout trains it).
-    Guidance is applied to the raw prediction, which is linear in eps, x0 and velocity alike. scale = 1 is the
-    plain conditional model (one call); other scales cost one batched call of twice the batch.
-    null_cond: the unconditional condition ([dim] or [B, dim], e.g. encoded negative prompts) instead of zeros."""
-
-    def __init__(self, backbone, scale: float = 1.0, null_cond: Optional[Tensor] = None):
-        super().__init__()
-        self.inner = backbone
-        self.scale = float(scale)
-        self.null_cond = null_cond
-        self.process = backbone.process
-        self.prediction_type = backbone.prediction_type
-        self.data_shape = tuple(backbone.data_shape)
-        self.cond_spec = getattr(backbone, "cond_spec", CondSpec())
-        if self.scale != 1.0 and self.cond_spec.kind == "none":
-            raise ValueError("a classifier-free guidance scale needs a conditional backbone")
-
-    @property
-    def backbone_id(self) -> str:
-        return self.inner.backbone_id
-
-    def forward(self, x, t, cond=None):
-        if self.scale == 1.0 or cond is None:
-            return self.inner(x, t, cond)
-        c = self.cond_spec.check(cond, x.shape[0], "guidance").to(x.dtype)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        unc = torch.zeros_like(c) if self.null_cond is None else self.null_cond.to(c).expand_as(c)
-        out = self.inner(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, unc]))
-        cnd, unc = out.chunk(2)
-        return unc + self.scale * (cnd - unc)
 
 
 @dataclass
@@ -155,11 +122,26 @@ def _shard_done(out: Path, i: int) -> Optional[Dict]:
     return info if info.get("sha256") == sha256_file(f) else None
 
 
-def generate_teacher(backbone, out_dir, cfg: TeacherConfig = TeacherConfig(), table: Optional[Tensor] = None, device=None, progress: bool = True, model_dtype: Optional[str] = None) -> Dict:
-    """Make (or resume) a teacher dataset in out_dir; returns the manifest. Works under torch.distributed."""
+def _bad_shards(out: Path, manifest: Dict) -> List[int]:
+    """Indices of the shards of a complete manifest whose file is missing or does not have the manifest's
+    sha256 (corrupted, truncated, replaced or deleted)."""
+    bad = []
+    for i in range(manifest["num_shards"]):
+        entries = [s for s in manifest.get("shards", []) if isinstance(s, dict) and s.get("index") == i]
+        f = out / f"{_shard_name(i)}.safetensors"
+        if len(entries) != 1 or not f.is_file() or sha256_file(f) != entries[0].get("sha256"):
+            bad.append(i)
+    return bad
+
+
+def generate_teacher(backbone, out_dir, cfg: TeacherConfig = TeacherConfig(), table: Optional[Tensor] = None, device=None,
+                     progress: bool = True, model_dtype: Optional[str] = None, log=None) -> Dict:
+    """Make (or resume) a teacher dataset in out_dir; returns the manifest. Works under torch.distributed.
+    On a complete dataset every shard is checked against the manifest's sha256; missing or damaged shards are
+    made again (bit-exactly: a shard depends only on its seeds) and the manifest is rewritten."""
     if cfg.count < 1 or cfg.shard_size < 1 or cfg.batch_size < 1:
         raise ValueError("count, shard_size and batch_size must be positive")
-    out = Path(out_dir)
+    out = claim_folder(out_dir, TEACHER, "teacher")
     rank, world = _dist()
     plan = _plan(backbone, cfg, table)
     mpath = out / "manifest.json"
@@ -172,7 +154,17 @@ def generate_teacher(backbone, out_dir, cfg: TeacherConfig = TeacherConfig(), ta
                 "use another folder or delete it"
             )
         if old.get("complete"):
-            return old
+            bad = _bad_shards(out, old)
+            if not bad:
+                return old
+            _barrier()  # every rank has looked before rank 0 changes anything
+            if rank == 0:
+                if log is not None:
+                    log(f"{out}: {len(bad)} of {old['num_shards']} shards are missing or do not match the manifest "
+                        f"(shards {', '.join(map(str, bad[:10]))}{', ...' if len(bad) > 10 else ''}); making them again")
+                for i in bad:  # without its sidecar a shard counts as not done
+                    (out / f"{_shard_name(i)}.json").unlink(missing_ok=True)
+                atomic_write_json(mpath, dict(old, complete=False))
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(mpath, dict(plan, complete=False, shards=[]))
@@ -263,6 +255,17 @@ class TeacherDataset:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the dataset, not of its path: backbone, teacher settings, seeds and every shard's sha256."""
+        import hashlib
+
+        m = self.manifest
+        body = {k: m.get(k) for k in ("backbone_id", "teacher", "count", "process", "data_shape", "cond_spec",
+                                      "prompt_table_sha256")}
+        body["shards"] = [s["sha256"] for s in m["shards"]]
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
     def x_T(self, idx, device=None, dtype=torch.float32) -> Tensor:
         """Regenerate the prior noise of the samples at positions idx."""
         x, _ = draw(self.seeds[idx], self.data_shape, self.prior_std, CondSpec(), device=device, dtype=dtype)
@@ -275,15 +278,39 @@ class TeacherDataset:
         return self.x_T(idx, device, dtype), c, self.x0[idx].to(device=device, dtype=dtype)
 
 
+def _check_manifest(m: Dict, mpath: Path) -> None:
+    """The fields load_teacher reads, with their types; shard files must be the dataset's own shard names."""
+    types = {"backbone_id": str, "count": int, "num_shards": int, "data_shape": list, "cond_spec": dict,
+             "prior_std": (int, float), "shards": list, "teacher": dict}
+    for key, typ in types.items():
+        if not isinstance(m.get(key), typ) or isinstance(m.get(key), bool):
+            raise ValueError(f"{mpath}: field {key!r} is missing or has the wrong type ({m.get(key)!r}); the manifest "
+                             "is damaged or was edited: make the dataset again with `indis teacher`")
+    try:
+        CondSpec(**m["cond_spec"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{mpath}: cond_spec {m['cond_spec']!r} is invalid: {e}") from None
+    for s in m["shards"]:
+        ok = isinstance(s, dict) and isinstance(s.get("index"), int) and isinstance(s.get("sha256"), str)
+        if not ok or s.get("file") != f"{_shard_name(s['index'])}.safetensors":
+            raise ValueError(f"{mpath}: shard entry {s!r} is not one of this dataset's shards (expected "
+                             "{index, file: shard_NNNNN.safetensors, sha256, ...}); the manifest is damaged or was edited")
+
+
 def load_teacher(root, backbone=None, verify: bool = True) -> TeacherDataset:
     """Load a teacher dataset. backbone: a backbone or a backbone id string that must match the manifest."""
     root = Path(root)
     mpath = root / "manifest.json"
     if not mpath.is_file():
         raise FileNotFoundError(f"no teacher dataset at {root} (missing manifest.json); make one with `indis teacher`")
-    m = json.loads(mpath.read_text())
-    if m.get("format") != FORMAT:
-        raise ValueError(f"{mpath}: unknown format {m.get('format')!r}, expected {FORMAT!r}")
+    try:
+        m = json.loads(mpath.read_text())
+    except ValueError as e:
+        raise ValueError(f"{mpath} is not valid JSON (corrupt or truncated?): {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ValueError(f"{mpath}: unknown format {m.get('format') if isinstance(m, dict) else None!r}, expected {FORMAT!r}"
+                         " (is this a teacher dataset?)")
+    _check_manifest(m, mpath)
     if not m.get("complete"):
         raise ValueError(f"{root}: the teacher dataset is incomplete (interrupted?); run `indis teacher` again with the same settings to resume")
     if backbone is not None:

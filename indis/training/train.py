@@ -4,12 +4,15 @@ teacher's endpoint, and the global baselines trained by the same loop.
 Methods (TrainConfig.method):
   indis   the instance-aware predictor (indis.predictor.Predictor)
   god     one global {tau, dtau, gamma} (GlobalDiscretization)
-  ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.training.ld3)
+  ld3     LD3's global schedule with decoupled shifts and the soft x_T ball (indis.baselines.ld3)
+  amed    AMED-Plugin on iPNDM (indis.baselines.amed): a small network predicting each coarse step's intermediate
+          point and scales, trained by this loop (NFE even: 2K calls; odd: 2K - 1 with AFS)
+  gits, dmn, sdm  training-free peers (indis.baselines): searched over solvers and AFS, not trained
 Ablations of the paper's Fig. 5 (for indis): no_instance (phi sees only the condition), no_shift (b_dtau = 0),
 no_scale (b_gamma = 0), no_cond (phi does not see the condition).
 
 Loop: Adam, cosine learning rate from lr to lr * lr_min_factor; a held-out validation split (a fixed random
-part of the teacher set, chosen by the seed); the distance d of indis.training.losses; the weights with the
+part of the teacher set, chosen by the seed); the distance d of indis.metrics.distances; the weights with the
 best validation distance are the result. Batches are a function of (seed, step) alone (an epoch-wise random
 permutation), so a run is deterministic for a seed and resumes exactly: the checkpoint (safetensors, written
 atomically every ckpt_every steps) holds the model, Adam's state, the best weights, the LD3 latents and the
@@ -39,17 +42,24 @@ import torch
 from torch import nn
 
 from ..backbones.base import CondSpec
-from ..discretization import Discretization, DiscretizationParam
-from ..io import load_tensors, save_tensors
+from ..baselines import sdm
+from ..baselines.amed import AMEDPlugin, amed_steps
+from ..baselines.common import Sampled, peer_schedule
+from ..baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
+from ..baselines.search import _score, parse_afs, parse_solvers, select
+from ..discretization import DiscretizationParam
+from ..io import RUN_FORMAT, RUN_MARKER, TRAINING_RUN, atomic_write_json, claim_folder, load_tensors, save_tensors
+from ..metrics.distances import get_distance, mse
 from ..predictor import GlobalDiscretization, Predictor, save_predictor
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.solve import solve
 from ..schedules import get_schedule
 from ..solvers import sample
-from .ld3 import LD3Discretization, ball_proposal, ball_radius
-from .losses import get_distance, mse
-from .teacher import GuidedBackbone, TeacherDataset, parse_dtype
+from .teacher import TeacherDataset, parse_dtype
 
 Tensor = torch.Tensor
-METHODS = ("indis", "god", "ld3")
+PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
+METHODS = ("indis", "god", "ld3", "amed") + PEER_METHODS
 
 
 @dataclass
@@ -62,7 +72,9 @@ class TrainConfig:
     rho: float = 7.0  # exponent of the sigma_rho warp
     b_dtau: float = 0.05  # bound of the shift (warp units)
     b_gamma: float = 0.05  # bound of the scale around 1
-    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from
+    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from (or sdm: SDM's schedule from pilots)
+    orders: str = ""  # per-step solver orders: "" (the solver's), a list "1,4,4,4,4", or sdm (SDM's criterion)
+    afs: bool = False  # analytical first step: nfe network calls on nfe + 1 steps
     no_instance: bool = False  # ablation: phi without x_T
     no_shift: bool = False  # ablation: no dtau
     no_scale: bool = False  # ablation: no gamma
@@ -87,58 +99,87 @@ class TrainConfig:
     state_dtype: str = "float32"  # solver state
     ld3_ball: float = 0.001  # LD3 soft-ball radius factor (0: off)
     eval_batch_size: int = 256
+    pilots: int = 128  # peers (gits/dmn/sdm): pilot samples from the training split
+    peer_solvers: str = "ipndm,dpmpp_2m,unipc"  # peers: solvers searched (best on the validation split)
+    peer_afs: str = "both"  # peers: analytical first step off | on | both (best of)
+    peer_options: str = ""  # peers: JSON object of method options (e.g. {"grid_steps": 60} for gits)
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"training options must be a JSON object of option: value, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.check_types()
+        return cfg
+
+    def check_types(self) -> None:
+        """Every option has the type of its field (a bool is not an int; an int is a float): a config file with
+        "steps": "x" is a clear ValueError here, not a TypeError deep in the training loop."""
+        for f in fields(self):
+            v, typ = getattr(self, f.name), str(f.type)
+            optional = typ.startswith("Optional[")
+            base = typ[len("Optional["):-1] if optional else typ
+            if v is None and optional:
+                continue
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "str": isinstance(v, str), "bool": isinstance(v, bool)}.get(base, True)
+            if not ok:
+                raise ValueError(f"training option {f.name} must be {'null or ' if optional else ''}{'a' if base != 'int' else 'an'} "
+                                 f"{base}, got {v!r}")
+            if base == "float" and not isinstance(v, float):
+                setattr(self, f.name, float(v))
 
     def validate(self) -> None:
+        self.check_types()
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.nfe < 1 or self.steps < 1 or self.batch_size < 1:
             raise ValueError("nfe, steps and batch_size must be positive")
+        if self.val_every < 1 or self.ckpt_every < 1 or self.eval_batch_size < 1 or self.hidden < 1 or self.conv_width < 1:
+            raise ValueError("val_every, ckpt_every, eval_batch_size, hidden and conv_width must be positive")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         parse_dtype(self.backbone_dtype)
         parse_dtype(self.state_dtype)
+        if (self.orders or self.afs or self.init_schedule == "sdm") and self.method not in ("indis", "god", "ld3"):
+            raise ValueError(f"orders / afs / init_schedule sdm apply to indis, god and ld3; {self.method} has its own")
+        if self.orders and self.orders != "sdm":
+            try:
+                [int(k) for k in self.orders.split(",")]
+            except ValueError:
+                raise ValueError(f"orders must be a comma-separated list of integers or 'sdm', got {self.orders!r}") from None
+        if self.method in PEER_METHODS:
+            parse_afs(self.peer_afs)
+            parse_solvers(self.peer_solvers)
+            if self.pilots < 1:
+                raise ValueError(f"pilots must be positive, got {self.pilots}")
+            if self.peer_options:
+                opts = json.loads(self.peer_options)
+                if not isinstance(opts, dict):
+                    raise ValueError(f"peer_options must be a JSON object, got {self.peer_options!r}")
 
 
-class FixedDiscretization(nn.Module):
-    """A fixed (heuristic) schedule with the predictor interface."""
-
-    def __init__(self, param: DiscretizationParam, timesteps: Tensor, data_shape: Sequence[int] = (), cond_spec: CondSpec = CondSpec()):
-        super().__init__()
-        self.param = param
-        self.data_shape = tuple(int(d) for d in data_shape)
-        self.cond_spec = cond_spec
-        self.register_buffer("timesteps", torch.as_tensor(timesteps, dtype=torch.float64).clone())
-
-    def config(self) -> Dict:
-        return {"class": "FixedDiscretization", "param": self.param.config(), "data_shape": list(self.data_shape), "cond_spec": self.cond_spec.to_dict()}
-
-    def forward(self, x_T: Tensor, cond=None) -> Discretization:
-        b = x_T.shape[0]
-        ts = self.timesteps.to(x_T.device).expand(b, -1)
-        return Discretization(ts, torch.zeros_like(ts[:, :-1]), torch.ones_like(ts[:, :-1]))
-
-
-def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
-    param = DiscretizationParam(backbone.process, nfe, b_dtau=0.0, b_gamma=0.0)
-    return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
-
-
-def build_model(cfg: TrainConfig, backbone) -> nn.Module:
-    """The learnable discretization for a config (untrained, starting at cfg.init_schedule)."""
+def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = None) -> nn.Module:
+    """The learnable discretization for a config (untrained, starting at cfg.init_schedule, or at init_timesteps
+    when given). With AFS it has nfe + 1 steps (the first call is analytical)."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        raise ValueError(f"{cfg.method} is a training-free peer: train() searches it (indis.baselines.search), build_model has nothing to build")
     proc = backbone.process
     cs = getattr(backbone, "cond_spec", CondSpec())
-    param = DiscretizationParam(proc, cfg.nfe, warp=cfg.warp, rho=cfg.rho,
+    steps = cfg.nfe + int(cfg.afs)
+    param = DiscretizationParam(proc, steps, warp=cfg.warp, rho=cfg.rho,
                                 b_dtau=0.0 if cfg.no_shift else cfg.b_dtau, b_gamma=0.0 if cfg.no_scale else cfg.b_gamma)
-    init = get_schedule(cfg.init_schedule, proc, cfg.nfe)
+    init = init_timesteps if init_timesteps is not None else get_schedule(cfg.init_schedule, proc, steps)
+    if cfg.method == "amed":
+        k, _ = amed_steps(cfg.nfe)
+        return AMEDPlugin(DiscretizationParam(proc, k, b_dtau=0.0, b_gamma=0.0), get_schedule(cfg.init_schedule, proc, k),
+                          backbone.data_shape, cs, nfe=cfg.nfe, hidden=cfg.hidden, conv_width=cfg.conv_width)
     if cfg.method == "ld3":
         return LD3Discretization(param, init, backbone.data_shape, cs, use_shift=not cfg.no_shift)
     if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
@@ -166,12 +207,6 @@ def student_backbone(backbone, cfg_scale: float = 1.0, dtype: str = "float32"):
     m = GuidedBackbone(backbone, cfg_scale)
     dt = parse_dtype(dtype)
     return m if dt in (torch.float32, torch.float64) else AutocastBackbone(m, dt)
-
-
-def solve(model_or_disc, backbone, x_T, cond, solver="ipndm", order=None, state_dtype=torch.float32, checkpoint=False):
-    """x0 of the student: the discretization of model(x_T, cond), then the few-step solve."""
-    disc = model_or_disc(x_T, cond) if callable(model_or_disc) and not isinstance(model_or_disc, Discretization) else model_or_disc
-    return sample(backbone, x_T, disc, solver=solver, order=order, cond=cond, state_dtype=state_dtype, checkpoint=checkpoint)
 
 
 def _dist():
@@ -236,8 +271,128 @@ def evaluate_split(model, backbone, teacher: TeacherDataset, positions: Tensor, 
     return {"distance": tot_d / n, "mse": tot_m / n}
 
 
+def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=None, on_done=None) -> Dict:
+    """`train` for the training-free peers: pilots from the training split (the first cfg.pilots of a seeded
+    permutation), selection on the validation split with the configured distance; writes predictor.safetensors."""
+    rank, _ = _dist()
+    bid = backbone.backbone_id
+    if teacher.backbone_id != bid:
+        raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
+    dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    sd = parse_dtype(cfg.state_dtype)
+    net = student_backbone(backbone, cfg.cfg_scale, cfg.backbone_dtype)
+    train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
+    perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+    pil = train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values]
+    x_p, c_p, _ = teacher.batch(pil, dev, sd)
+    x_v, c_v, x0_v = teacher.batch(val_pos, dev, sd)
+    distance = get_distance(cfg.loss, cfg.lpips_net, cfg.lpips_weights, dev)
+    options = json.loads(cfg.peer_options) if cfg.peer_options else {}
+    model, rep = select(cfg.method, backbone, cfg.nfe, (x_p, c_p), (x_v, c_v, x0_v), parse_solvers(cfg.peer_solvers),
+                        parse_afs(cfg.peer_afs), distance, options, net=net, log=log)
+    # the reference a trained method starts from: cfg.init_schedule sampled with cfg.solver
+    init = peer_schedule(net, get_schedule(cfg.init_schedule, backbone.process, cfg.nfe), cfg.solver, cfg.order,
+                         method=f"heuristic:{cfg.init_schedule}")
+    initial_val = _score(init, net, x_v, c_v, x0_v, distance)["distance"]
+    meta = {
+        "method": cfg.method,
+        "nfe": cfg.nfe,
+        "solver": model.solver_name,
+        "afs": model.afs,
+        "process": backbone.process.config(),
+        "backbone_id": bid,
+        "train_config": json.loads(json.dumps(asdict(cfg))),
+        "teacher": {"root": str(teacher.root), "teacher": teacher.manifest["teacher"], "count": len(teacher)},
+        "metrics": {"best_val": rep["best_val"], "initial_val": initial_val, "best_step": 0, "search": rep,
+                    "train_seconds_this_run": rep["search_seconds"]},
+        "params": 0,
+    }
+    if rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_predictor(Path(out_dir) / "predictor.safetensors", model, meta)
+    if on_done is not None:
+        on_done(model)
+    return meta
+
+
+def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, dev, sd) -> nn.Module:
+    """build_model, started from SDM's schedule when init_schedule is sdm, and wrapped with per-step orders and AFS
+    (indis.baselines.common.Sampled) when asked for; SDM's schedule and orders come from cfg.pilots training pilots."""
+    init = orders = None
+    if cfg.init_schedule == "sdm" or cfg.orders == "sdm":
+        perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+        x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
+        steps = cfg.nfe + int(cfg.afs)
+        if cfg.init_schedule == "sdm":
+            init, _, _ = sdm.sdm_schedule(net, x_p, c_p, steps, solver=cfg.solver, afs=cfg.afs)
+        if cfg.orders == "sdm":
+            base = init if init is not None else get_schedule(cfg.init_schedule, backbone.process, steps)
+            orders, _ = sdm.order_schedule(net, x_p, c_p, base, cfg.solver, afs=cfg.afs)
+    elif cfg.orders:
+        orders = [int(k) for k in cfg.orders.split(",")]
+    model = build_model(cfg, backbone, init)
+    if orders is None and not cfg.afs:
+        return model
+    return Sampled(model, cfg.solver, cfg.order, orders, cfg.afs)
+
+
 def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, cfg_json: Dict) -> None:
+    """Refuse to continue a run (its checkpoint or run.json `meta`) with another backbone, teacher or config."""
+    if meta.get("backbone_id") != bid:
+        raise ValueError(f"{path} belongs to backbone id {meta.get('backbone_id')}, not {bid}; resume with the backbone "
+                         "the run started with, or train into another folder")
+    fp = meta.get("teacher_fingerprint")
+    if fp is not None:
+        same_teacher = fp == teacher.fingerprint
+    else:  # checkpoints written before fingerprints: the teacher's folder
+        same_teacher = Path(str(meta.get("teacher"))).resolve() == Path(teacher.root).resolve()
+    if not same_teacher:
+        raise ValueError(f"{path} was trained on another teacher dataset ({meta.get('teacher')}) than {teacher.root}; "
+                         "resuming would mix two training and validation sets. Resume with the run's teacher, or train "
+                         "into another folder")
+    if meta.get("config") != cfg_json:
+        old = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        diff = sorted(k for k in cfg_json if old.get(k) != cfg_json[k])
+        raise ValueError(f"{path} was written with other settings ({', '.join(diff)}); resume with the same options")
+
+
+def check_run_folder(out_dir, resume: bool = False, overwrite: bool = False) -> Path:
+    """What `indis train --out` checks before any work: a writable folder that is no teacher dataset or export
+    folder, and, without resume, no earlier run there unless overwrite."""
+    out = claim_folder(out_dir, TRAINING_RUN, "train")
+    ckpt, pred = out / "checkpoint.safetensors", out / "predictor.safetensors"
+    if not resume and not overwrite and (ckpt.is_file() or pred.is_file()):
+        what = "a checkpoint" if ckpt.is_file() else "a trained predictor"
+        raise FileExistsError(f"--out {out} already holds {what} of a training run; pass --resume to continue it or "
+                              "--overwrite to delete it and start again (or choose another folder)")
+    return out
+
+
+def _claim_run(out_dir, bid: str, teacher: TeacherDataset, cfg_json: Dict, resume: bool, overwrite: bool, rank: int) -> Path:
+    """The run folder, checked before any work (see train), with run.json written for this run."""
+    out = check_run_folder(out_dir, resume, overwrite)
+    marker, ckpt, pred = out / RUN_MARKER, out / "checkpoint.safetensors", out / "predictor.safetensors"
+    run = {"format": RUN_FORMAT, "backbone_id": bid, "teacher": str(teacher.root), "teacher_fingerprint": teacher.fingerprint,
+           "config": cfg_json}
+    if resume and marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except ValueError as e:
+            raise ValueError(f"{marker} is not valid JSON ({e}); the run folder is damaged") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{marker} is not a JSON object; the run folder is damaged")
+        _check_same_run(marker, old, bid, teacher, cfg_json)
+    elif not resume and rank == 0:  # (an earlier run is only still there with overwrite: delete it, never mix)
+        ckpt.unlink(missing_ok=True)
+        pred.unlink(missing_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, run)
+    return out
 
 
 def train(
@@ -251,19 +406,27 @@ def train(
     stop_after: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
     on_done: Optional[Callable[[nn.Module], None]] = None,
+    overwrite: bool = False,
 ) -> Dict:
-    """Train per cfg; writes out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the
-    best validation weights, loadable with indis.predictor.load_predictor). Returns the final metadata.
+    """Train per cfg; writes out_dir/run.json (what the run is: backbone, teacher, config),
+    out_dir/checkpoint.safetensors (resumable) and out_dir/predictor.safetensors (the best validation weights,
+    loadable with indis.sampling.load.load_predictor). Returns the final metadata.
+    resume: continue from the checkpoint; the backbone, the teacher dataset and the config must be the ones the
+    run started with. Without resume an existing run (checkpoint or predictor) is refused unless overwrite,
+    which deletes it first. A folder of another kind (teacher dataset, export folder) is always refused.
     stop_after: stop (as if killed) once this many steps are done, after the checkpoint of that step if any.
     on_done: called with the trained model (final weights) on every rank."""
     cfg.validate()
+    if cfg.method in PEER_METHODS:
+        return train_peer(backbone, teacher, cfg, out_dir, log=log, device=device, on_done=on_done)
     rank, world = _dist()
-    out = Path(out_dir)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     bid = backbone.backbone_id
     if teacher.backbone_id != bid:
         raise ValueError(f"the teacher dataset was made for backbone id {teacher.backbone_id}, but the backbone has id {bid}")
+    cfg_json = json.loads(json.dumps(asdict(cfg)))
+    out = _claim_run(out_dir, bid, teacher, cfg_json, resume, overwrite, rank)
     dev = torch.device(device) if device is not None else next((p.device for p in backbone.parameters()), torch.device("cpu"))
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -273,7 +436,8 @@ def train(
     train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, backbone).to(dev)
+    model = _with_sampler_options(cfg, backbone, net, teacher, train_pos, dev, sd).to(dev)
+    run_solver, run_order, run_net = model.sampling(cfg.solver, cfg.order, net) if hasattr(model, "sampling") else (cfg.solver, cfg.order, net)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_ball = cfg.method == "ld3" and cfg.ld3_ball > 0
     z0 = z = None
@@ -284,15 +448,13 @@ def train(
     start, history = 0, []
     best = {"val": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
     ckpt = out / "checkpoint.safetensors"
-    cfg_json = json.loads(json.dumps(asdict(cfg)))
     if resume and ckpt.is_file():
         tensors, meta = load_tensors(ckpt)
-        if meta.get("backbone_id") != bid:
-            raise ValueError(f"{ckpt} belongs to backbone id {meta.get('backbone_id')}, not {bid}")
-        if meta.get("config") != cfg_json:
-            diff = sorted(k for k in cfg_json if meta.get("config", {}).get(k) != cfg_json[k])
-            raise ValueError(f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the same options")
+        _check_same_run(ckpt, meta, bid, teacher, cfg_json)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        missing = [k for k in ("opt_groups", "best_val", "best_step", "step", "history") if k not in meta]
+        if missing or (use_ball and "ld3_z" not in tensors):
+            raise ValueError(f"{ckpt} lacks {missing or ['ld3_z']}: the checkpoint is damaged; start again with --overwrite")
         _opt_from_tensors(opt, tensors, meta["opt_groups"])
         best = {"val": meta["best_val"], "step": meta["best_step"], "state": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}}
         if use_ball:
@@ -315,7 +477,7 @@ def train(
             tensors["ld3_z"] = z
         save_tensors(ckpt, tensors, {"step": step, "config": cfg_json, "backbone_id": bid, "opt_groups": groups,
                                      "best_val": best["val"], "best_step": best["step"], "history": history,
-                                     "teacher": str(teacher.root)})
+                                     "teacher": str(teacher.root), "teacher_fingerprint": teacher.fingerprint})
 
     def validate(step):
         m = evaluate_split(model, net, teacher, val_pos, distance, cfg, dev)
@@ -343,8 +505,11 @@ def train(
         x_T, cond, x0s = teacher.batch(idx, dev, sd)
         if use_ball:
             x_T = (z[lpos] * teacher.prior_std).to(dev, sd).requires_grad_(True)
-        disc = ddp(x_T, cond)
-        x0 = sample(net, x_T, disc, solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        if getattr(model, "runs_sampler", False):  # AMED-Plugin: its forward is the solve
+            x0 = ddp(x_T, cond, net, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
+        else:
+            disc = ddp(x_T, cond)
+            x0 = sample(run_net, x_T, disc, solver=run_solver, order=run_order, cond=cond, state_dtype=sd, checkpoint=cfg.grad_checkpoint)
         per = distance(x0, x0s)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
@@ -357,7 +522,7 @@ def train(
             prop = ball_proposal(zl, z0[lpos].to(dev, sd), x_T.grad / teacher.prior_std, radius)
             with torch.no_grad():
                 xp = prop * teacher.prior_std
-                new = distance(sample(net, xp, model(xp, cond), solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=sd), x0s)
+                new = distance(sample(run_net, xp, model(xp, cond), solver=run_solver, order=run_order, cond=cond, state_dtype=sd), x0s)
             keep = (new < per.detach()).view(-1, *([1] * (zl.dim() - 1)))
             znew = torch.where(keep, prop, zl).float().cpu()
             if world > 1:

@@ -8,13 +8,86 @@ x_T = prior_std * noise, computed in float64 and then cast, so that the scale is
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import re
+from itertools import islice
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..backbones.base import CondSpec
 
 Tensor = torch.Tensor
+MAX_SEED = 2**63 - 1  # seeds are int64 (torch.Generator.manual_seed, the seeds tensor of a shard)
+_SEED_ITEM = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
+class SeedList:
+    """The seeds of a --seeds text as inclusive ranges: counted, iterated and cut into batches without ever
+    building the list (0-999999999 costs two integers)."""
+
+    def __init__(self, ranges: Sequence[Tuple[int, int]], text: str = ""):
+        self.ranges = [(int(a), int(b)) for a, b in ranges]
+        self.text = text
+
+    @property
+    def count(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        for a, b in self.ranges:
+            yield from range(a, b + 1)
+
+    def __repr__(self) -> str:
+        return f"SeedList({self.text!r}: {self.count} seeds)"
+
+    def check_count(self, limit: int, what: str) -> "SeedList":
+        """self, or a ValueError when the output needs the samples of all seeds at once and there are too many."""
+        if self.count > limit:
+            raise ValueError(f"--seeds {self.text!r} names {self.count} seeds; {what} holds at most {limit}: give a smaller "
+                             "range (or run several)")
+        return self
+
+
+def parse_seeds(text: str) -> SeedList:
+    """`1,5,9`, `0-63`, `0-9,100-109`: non-negative integers and inclusive ranges A-B (A <= B), at most 2**63-1.
+    Every malformed item is a ValueError that names it."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("--seeds is empty; give seeds like 0-63 or 1,5,9")
+    ranges = []
+    for item in text.split(","):
+        m = _SEED_ITEM.fullmatch(item)
+        if m is None:
+            if not item.strip():
+                raise ValueError(f"--seeds {text!r} has an empty item; separate seeds and ranges by single commas")
+            if item.strip().startswith("-") or "--" in item:
+                raise ValueError(f"--seeds {text!r}: {item.strip()!r} is negative; seeds are integers from 0 to "
+                                 f"{MAX_SEED} (a range is A-B with A <= B)")
+            raise ValueError(f"--seeds {text!r}: {item.strip()!r} is not a seed or a range A-B of non-negative integers")
+        a = b = None
+        for g in m.groups():
+            if g is not None and (len(g.lstrip("0")) > 19 or int(g) > MAX_SEED):
+                raise ValueError(f"--seeds {text!r}: seed {g} is larger than the largest seed {MAX_SEED} (2**63-1)")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
+        if b < a:
+            raise ValueError(f"--seeds {text!r}: the range {a}-{b} is empty (its start is after its end)")
+        ranges.append((a, b))
+    return SeedList(ranges, text)
+
+
+def seed_batches(seeds: Iterable[int], size: int) -> Iterator[List[int]]:
+    """Consecutive batches of at most `size` seeds from any iterable (a list or a SeedList), lazily."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    it = iter(seeds)
+    while True:
+        batch = list(islice(it, size))
+        if not batch:
+            return
+        yield batch
 
 
 def _check_seeds(seeds) -> Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones.base import Backbone, CondSpec
-from ..backbones.gmm import GMMBackbone
+from .base import Backbone
+from .gmm import GMMBackbone
 
 
 class ImageGMM(Backbone):
