@@ -343,3 +343,52 @@ def test_prompts_through_the_pipelines_text_encoders(diffusers, family, tmp_path
     same = ip(seeds=[0, 1], guidance_scale=2.0, output_type="latent", **emb)
     assert torch.equal(out.images, same.images)
     assert out.images.shape == (2, 4, 8, 8) and ip(prompt="a fox", seeds=[5], output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_predictor_takes_pooled_text(diffusers, tmp_path):
+    """phi takes the paper's pooled text condition (mean of the T5 tokens, after SD3's 77 CLIP tokens, concatenated
+    with the CLIP pooled vector), not the whole sequence: its input layer has dim + pooled_dim inputs; conditions
+    with the same pooled embedding give the same schedule; the layout survives save / load and ONNX export; the
+    pipeline runs it."""
+    pytest.importorskip("onnxruntime")
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+    from indis.export.onnx_export import PredictorForExport, compare_with_torch, export_bytes, predictor_spec
+    from indis.pipelines import IndisPipeline
+    from indis.predictor import pool_text, save_predictor
+    from indis.sampling.load import load_predictor
+    from indis.training.train import TrainConfig, build_model
+
+    bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                          text_seq_len=77 + 4)
+    assert bb.text_pooling() == {"seq_len": 81, "dim": 16, "pooled_dim": 8, "token_start": 77}
+    model = build_model(TrainConfig(nfe=3, hidden=16, conv_width=8), bb)
+    assert model.cond_proj.in_features == 16 + 8 and bb.cond_spec.dim == 81 * 16 + 8
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    torch.nn.init.normal_(model.cond_proj.weight, std=0.5)
+    g = torch.Generator().manual_seed(0)
+    ehs, pooled = torch.randn(2, 81, 16, generator=g), torch.randn(2, 8, generator=g)
+    x_T = torch.randn(2, 4, 8, 8, generator=g)
+    other = ehs.clone()
+    other[:, :77] = torch.randn(2, 77, 16, generator=g)  # other CLIP tokens
+    other[:, 77:] += torch.tensor([1.0, -1.0, 2.0, -2.0]).view(1, 4, 1)  # other T5 tokens, the same mean
+    with torch.no_grad():
+        o = model.raw(x_T, pack_text_cond(ehs, pooled))
+        assert torch.allclose(o, model.raw(x_T, pack_text_cond(other, pooled)), atol=1e-5)
+        assert not torch.allclose(o, model.raw(x_T, pack_text_cond(ehs, pooled.flip(0))), atol=1e-3)
+        feat = model.cond_proj(pool_text(ehs[:, 77:], pooled))
+        assert torch.allclose(o, model.head(model.trunk(model.encoder(x_T / model.prior_std) + feat)).view(2, 3, 3), atol=1e-6)
+    save_predictor(tmp_path / "p.safetensors", model, {"backbone_id": bb.backbone_id, "solver": "ipndm"})
+    again, _ = load_predictor(tmp_path / "p.safetensors", bb.backbone_id)
+    assert again.config()["text_pool"]["token_start"] == 77
+    with torch.no_grad():
+        assert torch.equal(again.raw(x_T, pack_text_cond(ehs, pooled)), o)
+    module, spec = PredictorForExport(again.eval()), predictor_spec(again)
+    errs = compare_with_torch(module, spec, export_bytes(module, spec))
+    assert max(errs.values()) < 1e-4, errs
+    ip = IndisPipeline.from_pipe(bb, predictor=str(tmp_path / "p.safetensors"))
+    out = ip(prompt_embeds=ehs, pooled_prompt_embeds=pooled, seeds=[0, 1], guidance_scale=2.0, output_type="latent")
+    from indis.sampling.seeds import prior_noise
+
+    close(out.images, per_sample(bb, again, prior_noise([0, 1], bb.data_shape, bb.process.prior_std()), pack_text_cond(ehs, pooled), "ipndm", 2.0))
+    with pytest.raises(ValueError, match="does not fit"):
+        type(model)(model.param, bb.data_shape, bb.cond_spec, text_pool={**bb.text_pooling(), "dim": 8})

@@ -546,6 +546,16 @@ class DiffusersAdapter(Backbone):
                    time_ids=None if self.time_ids is None else list(self.time_ids), guidance=self.guidance)
         return cfg
 
+    def text_pooling(self) -> Optional[Dict]:
+        """The layout of this adapter's packed text condition for the predictor's pooling (indis.predictor
+        pool_packed_text: the paper's mean-pooled T5 tokens concatenated with the CLIP pooled vector), or None for a
+        model without text. SD3 packs 77 CLIP tokens before the T5 ones (token_start 77 when the sequence is longer
+        than 77); FLUX's sequence is T5 only; SD 1.x / 2.x / SDXL have CLIP tokens only, which are mean-pooled."""
+        if self.cond_spec.kind != "text":
+            return None
+        start = 77 if self.kind == "transformer" and self.text_seq_len > 77 else 0
+        return {"seq_len": self.text_seq_len, "dim": self.text_dim, "pooled_dim": self.pooled_dim, "token_start": start}
+
     def default_timesteps(self, n: int) -> Tensor:
         p = self.process
         if p.name != "flow":
