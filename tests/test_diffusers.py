@@ -635,7 +635,8 @@ def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):
     from indis.native import native_available
 
     for backend in ("ort", "native") if native_available() else ("ort",):
-        assert main(["sample", "--engines", f"{d}/e", "--backend", backend, "--seeds", "0-3",
+        # an export folder never chooses a path to load: the diffusers backbone is named again
+        assert main(["sample", "--engines", f"{d}/e", "--backbone", spec, "--backend", backend, "--seeds", "0-3",
                      "--out", f"{d}/s_{backend}.png"]) == 0
         assert (tmp_path / f"s_{backend}.png").is_file()
     capsys.readouterr()
