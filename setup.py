@@ -229,7 +229,7 @@ setup(
     # here would break environments that already ship another torch.
     # lpips is not listed: it depends on torchvision, whose PyPI build cannot load beside a CPU-only torch and
     # then breaks diffusers' model imports. INDIS only reads the linear-layer weight files that ship inside the
-    # lpips package (indis/training/losses.py), so the install command adds it without its dependencies:
+    # lpips package (indis/metrics/distances.py), so the install command adds it without its dependencies:
     # `pip install --no-deps lpips==0.1.4` (README.md).
     install_requires=[
         "torch>=2.4",

@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import List
 
+from ..cli import main as indis_main
+from ..discretization import Discretization
+from .loader import sample_seeds
+from ..export.onnx_export import check_profile
+from ..export.pipeline import export_folder
+from ..io import EXPORT, claim_folder
+from ..sampling.fixed import heuristic
+from ..sampling.load import load_predictor
+from ..sampling.seeds import parse_seeds
+from .spec import resolve_backbone
+
 
 MAX_SIGMAS_SEEDS = 100_000  # sigmas.json holds one row per seed
 
@@ -15,8 +26,6 @@ def _profile(text: str):
         parts = [1, parts[0], parts[0]]
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"--batch expects MIN,OPT,MAX (or one MAX), got {text!r}")
-    from ..export.onnx_export import check_profile
-
     prof = dict(zip(("min", "opt", "max"), parts))
     try:
         check_profile(prof)
@@ -27,12 +36,6 @@ def _profile(text: str):
 
 def run_export(args) -> int:
     import torch
-
-    from ..export.pipeline import export_folder
-    from ..io import EXPORT, claim_folder
-    from ..sampling.load import load_predictor
-    from ..sampling.seeds import parse_seeds
-    from .spec import resolve_backbone
 
     claim_folder(args.out, EXPORT, "export")  # before any work
     seeds = None
@@ -49,8 +52,6 @@ def run_export(args) -> int:
     else:
         if not args.nfe:
             raise ValueError("give --predictor CKPT, or --schedule NAME --nfe N for a heuristic schedule")
-        from ..sampling.fixed import heuristic
-
         model = heuristic(bb, args.schedule, args.nfe)
     solver = args.solver or meta.get("solver") or "ipndm"
     order = args.order if args.order is not None else (meta.get("train_config") or {}).get("order")
@@ -102,15 +103,10 @@ def sample_from_engines(args, seeds):
     seeds: the parsed --seeds (a list or indis.sampling.seeds.SeedList). --backbone, when given, is the torch
     backbone of the torch / native backends (its id must be the manifest's); the manifest itself only ever names
     a registry backbone."""
-    from ..discretization import Discretization
-    from ..engines.loader import sample_seeds
-
     if getattr(args, "cfg_scale", 1.0) != 1.0:
         raise ValueError("--cfg-scale is not supported with --engines yet (the exported backbone is the plain conditional model)")
     backbone = None
     if getattr(args, "backbone", None):
-        from .spec import resolve_backbone
-
         backbone = resolve_backbone(args.backbone)
     x, parts, x_T, cond, fs = sample_seeds(args.engines, seeds, args.backend, args.device,
                                            batch_size=args.batch_size, threads=getattr(args, "threads", 0) or 0,
@@ -121,6 +117,4 @@ def sample_from_engines(args, seeds):
 
 
 def main(argv: List[str] | None = None) -> int:
-    from ..cli import main as indis_main
-
     return indis_main(argv)

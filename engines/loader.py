@@ -23,7 +23,15 @@ import torch
 
 from ..backbones.base import CondSpec
 from ..export import manifest as mf
+from ..export.onnx_export import BackboneForExport, PredictorForExport
+from ..export.pipeline import predictor_id, resolve_trt_engine
+from ..native import FastSampler
+from ..processes import get_process
+from ..sampling.load import load_predictor
+from ..sampling.seeds import draw, seed_batches
+from ..solvers import sample
 from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner, _device
+from .spec import is_registry_name, resolve_backbone
 
 Tensor = torch.Tensor
 
@@ -33,8 +41,6 @@ def manifest_backbone(folder: Path, man: Dict):
     (bundled, ideal, gmm-image, edm:PRESET[:SEED]). An export folder is data: a manifest that names a path or
     a module:function is refused (it would let whoever edits the folder choose what runs); the user then names
     the backbone on the command line (--backbone) and its id is checked against the manifest."""
-    from .spec import is_registry_name, resolve_backbone
-
     spec = man["backbone"].get("spec")
     if not spec:
         raise mf.ArtifactError(f"{folder}: the manifest records no backbone spec; pass the backbone on the command line "
@@ -48,10 +54,6 @@ def manifest_backbone(folder: Path, man: Dict):
 
 
 def _torch_networks(folder: Path, man: Dict, backbone=None):
-    from ..export.onnx_export import BackboneForExport, PredictorForExport
-    from ..export.pipeline import predictor_id
-    from ..sampling.load import load_predictor
-
     if backbone is None:
         backbone = manifest_backbone(folder, man)
     if backbone.backbone_id != man["backbone_id"]:
@@ -92,8 +94,6 @@ def load_engines(folder, backend: str = "ort", device=None, threads: int = 0, cu
             path = mf.verify_file(folder, f"{net}.onnx", entry)
             runners[net] = ORTRunner(path, entry["output_shapes"], device, threads)
     else:
-        from ..export.pipeline import resolve_trt_engine
-
         for net in ("predictor", "backbone"):
             plan = resolve_trt_engine(folder, man, net, precision, rebuild=rebuild, log=log)
             runners[net] = TRTRunner(plan, device, cuda_graph, man.get("profile"))
@@ -121,8 +121,6 @@ class EngineSampler:
 
     @torch.no_grad()
     def __call__(self, x_T: Tensor, cond=None):
-        from ..solvers import sample
-
         cs = self.backbone.cond_spec
         c = cs.check(cond, x_T.shape[0], "sampler")  # once, outside the loop: labels -> one-hot
         t0 = time.perf_counter()
@@ -159,10 +157,6 @@ def load_engine_sampler(folder, backend: str = "ort", device=None, solver: Optio
     order = order if order is not None else (man.get("order") if solver == man["solver"] else None)
     native = None
     if backend == "native":
-        try:
-            from ..native import FastSampler
-        except ImportError as e:
-            raise ImportError(f"the native backend needs indis.native (the csrc sampler core): {e}") from e
         native = FastSampler(bb, pred, solver=solver, order=order, backend="native", cuda_graph=native_graph,
                              state_dtype=torch.float32)
     return EngineSampler(pred, bb, solver, order, man, native)
@@ -175,9 +169,6 @@ def sample_seeds(folder, seeds: Iterable[int], backend: str = "ort", device=None
     prior noise is drawn batch by batch. Returns (x0 [S, ...] float32 CPU, discretizations
     {timesteps, dtau, gamma} [S, ...] float64 CPU, x_T, cond, sampler)."""
     from tqdm.auto import tqdm
-
-    from ..processes import get_process
-    from ..sampling.seeds import draw, seed_batches
 
     fs = load_engine_sampler(folder, backend, device, threads=threads, backbone=backbone, **kw)
     man = fs.manifest

@@ -29,6 +29,9 @@ import torch
 
 from ..backbones.base import CondSpec
 from ..discretization import Discretization
+from ..export.manifest import ArtifactError
+from ..export.onnx_export import BackboneForExport
+from ..export.tensorrt import require_cuda_gpu, require_tensorrt
 from ..processes import get_process
 
 Tensor = torch.Tensor
@@ -177,9 +180,6 @@ class TRTRunner(Runner):
     backend = "trt"
 
     def __init__(self, plan_path, device=None, cuda_graph: bool = False, profile: Optional[Dict] = None):
-        from ..export.manifest import ArtifactError
-        from ..export.tensorrt import require_cuda_gpu, require_tensorrt
-
         trt = require_tensorrt()
         require_cuda_gpu()
         self.trt = trt
@@ -315,8 +315,6 @@ class EnginePredictor(torch.nn.Module):
 def torch_engine_backbone(backbone, device=None, cuda_graph: bool = False) -> EngineBackbone:
     """A torch Backbone behind a TorchRunner (one CUDA graph per batch size when cuda_graph and on CUDA), with the
     same protocol attributes: what `load_engines(backend="torch")` builds from an export folder, without one."""
-    from ..export.onnx_export import BackboneForExport
-
     names = ["x", "t"] + (["cond"] if backbone.cond_spec.kind != "none" else [])
     runner = TorchRunner(BackboneForExport(backbone.eval()).eval(), names, ["prediction"], device, cuda_graph)
     return EngineBackbone(runner, backbone.process, backbone.prediction_type, backbone.data_shape, backbone.cond_spec,

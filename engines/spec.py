@@ -22,6 +22,14 @@ from __future__ import annotations
 import os
 import re
 
+from ..backbones.bundled import load_bundled
+from ..backbones.convert import load_backbone
+from ..backbones.demo import ImageGMM
+from ..backbones.diffusers import DiffusersAdapter
+from ..backbones.edm import EDMBackbone, PRESETS
+from ..backbones.ideal import IdealDenoiser
+from ..data.digits import load_digits_split
+
 REGISTRY_NAMES = ("bundled", "ideal", "gmm-image")
 _EDM_SPEC = re.compile(r"edm:([A-Za-z0-9_]+)(?::([0-9]{1,18}))?")
 
@@ -35,8 +43,6 @@ def is_registry_name(spec) -> bool:
     m = _EDM_SPEC.fullmatch(spec)
     if m is None:
         return False
-    from ..backbones.edm import PRESETS
-
     return m.group(1) in PRESETS
 
 
@@ -50,12 +56,8 @@ def resolve_backbone(spec: str, registry_only: bool = False):
         raise ValueError(f"backbone spec {spec!r} is not a registry name ({', '.join(REGISTRY_NAMES)}, "
                          "edm:PRESET[:SEED]); a path or module:function is honoured only on the command line")
     if spec == "bundled":
-        from ..backbones.bundled import load_bundled
-
         return load_bundled().eval()
     if spec.startswith("edm:"):
-        from ..backbones.edm import PRESETS, EDMBackbone
-
         m = _EDM_SPEC.fullmatch(spec)
         if m is None or m.group(1) not in PRESETS:
             raise ValueError(f"backbone spec {spec!r}: expected edm:PRESET[:SEED] with PRESET one of {sorted(PRESETS)} "
@@ -63,21 +65,12 @@ def resolve_backbone(spec: str, registry_only: bool = False):
         seed = int(m.group(2) or 0)
         return EDMBackbone.from_preset(m.group(1), seed=seed).eval()
     if os.path.isdir(spec) or spec.endswith(".json"):
-        from ..backbones.convert import load_backbone
-
         return load_backbone(spec).eval()
     if spec == "ideal":
-        from ..backbones.ideal import IdealDenoiser
-        from ..data.digits import load_digits_split
-
         return IdealDenoiser(load_digits_split("train")[0]).eval()
     if spec == "gmm-image":
-        from ..backbones.demo import ImageGMM
-
         return ImageGMM().eval()
     if spec.startswith("diffusers:"):
-        from ..backbones.diffusers import DiffusersAdapter
-
         return DiffusersAdapter.from_pretrained(spec[len("diffusers:"):]).eval()
     if ":" in spec:
         import importlib

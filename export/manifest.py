@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .. import __version__
+from ..backbones.base import CondSpec
 from ..io import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -89,8 +91,6 @@ def file_entry(path, kind: str, **extra) -> Dict:
 
 
 def new_manifest(**fields) -> Dict:
-    from .. import __version__
-
     m = {"format": FORMAT, "version": FORMAT_VERSION, "indis_version": __version__,
          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": {},
          "tensorrt_version": None, "gpu_compute_capability": None}
@@ -155,8 +155,6 @@ def _check_fields(m: Dict, path) -> None:
         need(bb, key, types, "backbone.")
     if not bb["data_shape"] or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in bb["data_shape"]):
         raise ArtifactError(f"{path}: backbone.data_shape must be a list of positive integers, got {bb['data_shape']!r}")
-    from ..backbones.base import CondSpec
-
     try:
         CondSpec(**bb["cond_spec"])
     except (TypeError, ValueError) as e:

@@ -30,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..backbones.gmm import GMMBackbone
 from ..io import atomic_write_bytes
-from .manifest import ArtifactError, sha256_bytes
+from .manifest import ArtifactError, sha256_bytes, verify_file
 from .trt_ops import check_trt_graph
 
 Tensor = torch.Tensor
@@ -176,8 +177,6 @@ def predictor_spec(model) -> ExportSpec:
 def _export_mode(module: nn.Module):
     """eval(), no grad, and unbounded GMM chunking (a Python loop over batch chunks would be traced for one
     chunk of the sample batch; with one chunk the graph is valid for every batch size)."""
-    from ..backbones.gmm import GMMBackbone
-
     saved = [(m, m.chunk) for m in module.modules() if isinstance(m, GMMBackbone)]
     was_training = module.training
     try:
@@ -366,8 +365,6 @@ def load_onnx_checked(path, entry: Optional[Dict] = None):
 
     p = Path(path)
     if entry is not None:
-        from .manifest import verify_file
-
         verify_file(p.parent, p.name, entry)
     try:
         return onnx.load(str(p))

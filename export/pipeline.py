@@ -22,11 +22,14 @@ from typing import Dict, Optional
 import torch
 
 from ..backbones.base import stable_hash
-from ..io import EXPORT, claim_folder
+from ..io import EXPORT, claim_folder, sha256_file
 from ..solvers import get_solver
 from . import manifest as mf
 from .onnx_export import (BackboneForExport, PredictorForExport, backbone_spec, check_profile, compare_with_torch,
                           export_onnx, predictor_spec)
+from ..predictor import save_predictor
+from .sigmas import export_sigmas
+from .tensorrt import build_engine, builder_options, trt_environment
 
 DEFAULT_PROFILE = {"min": 1, "opt": 8, "max": 64}
 NETWORKS = ("predictor", "backbone")
@@ -80,8 +83,6 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
         _check_same_export(Path(out), {"backbone_id": backbone.backbone_id, "predictor_id": predictor_id(model),
                                        "solver": solver_obj.name, "order": order, "nfe": int(model.param.nfe)})
     if tensorrt:  # fail before the (long) ONNX export when TensorRT or the GPU is missing
-        from .tensorrt import builder_options, trt_environment
-
         builder_options(precision)
         trt_env = trt_environment()
     elif precision != "fp32":
@@ -118,8 +119,6 @@ def _check_same_export(out: Path, settings: Dict) -> None:
 
 def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source, solver_obj, order, profile, tensorrt,
                    precision, atol, verify, verify_batches, export_batch, sigmas_seeds, extra, trt_env, log) -> Dict:
-    from ..predictor import save_predictor
-
     solver = solver_obj.name
     pid, bid = predictor_id(model), backbone.backbone_id
     arts: Dict[str, Dict] = {}
@@ -163,8 +162,6 @@ def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source,
         nfe=int(model.param.nfe), solver=solver_obj.name, order=order, profile=profile, precision=precision,
         numerics=numerics, artifacts=arts, **(extra or {}))
     if sigmas_seeds is not None:
-        from .sigmas import export_sigmas
-
         export_sigmas(model, backbone, sigmas_seeds, out / "sigmas.json", predictor_id=pid)
         arts["sigmas.json"] = mf.file_entry(out / "sigmas.json", "json")
     if tensorrt:
@@ -177,8 +174,6 @@ def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source,
 
 def _maybe_sha(path) -> Optional[str]:
     if path and Path(path).is_file():
-        from ..io import sha256_file
-
         return sha256_file(path)
     return None
 
@@ -190,8 +185,6 @@ def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) 
     onnx_entry = mf.artifact_entry("the export folder", manifest, f"{network}.onnx")
     if not isinstance(onnx_entry.get("profile_shapes"), dict) or not isinstance(onnx_entry.get("sha256"), str):
         raise mf.ArtifactError(f"the manifest entry of {network}.onnx has no profile_shapes / sha256; re-run the export")
-    from .tensorrt import builder_options
-
     opts = builder_options(precision)
     opts.pop("precision")
     return mf.engine_key_fields(onnx_entry["sha256"], network, precision, onnx_entry["profile_shapes"], trt_env, opts)
@@ -199,8 +192,6 @@ def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) 
 
 def build_trt_engine(folder, manifest: Dict, network: str, precision: str, trt_env: Dict, log=print) -> str:
     """Build the engine of one network into folder/trt and record it in `manifest` (not yet written)."""
-    from .tensorrt import build_engine
-
     folder = Path(folder)
     mf.verify_file(folder, f"{network}.onnx", mf.artifact_entry(folder, manifest, f"{network}.onnx"))
     fields = trt_key_fields(manifest, network, precision, trt_env)
@@ -226,8 +217,6 @@ def resolve_trt_engine(folder, manifest: Dict, network: str, precision: Optional
     folder = Path(folder)
     precision = precision or manifest.get("precision") or "fp32"
     if trt_env is None:
-        from .tensorrt import trt_environment
-
         trt_env = trt_environment()
     current = trt_key_fields(manifest, network, precision, trt_env)
     found = mf.find_engine_entry(manifest, network, precision)

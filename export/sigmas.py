@@ -39,7 +39,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..backbones.diffusers import flow_shift
 from ..io import atomic_write_json
+from ..sampling.seeds import draw
 
 Tensor = torch.Tensor
 
@@ -80,8 +82,6 @@ def _flow_shift_of(cfg: Dict, image_seq_len: Optional[int]) -> float:
         raise ValueError("this FlowMatchEulerDiscreteScheduler uses dynamic shifting (FLUX): its pipeline shifts the "
                          "sigmas by exp(mu) for the image size; pass image_seq_len (the number of latent tokens, "
                          "(H/2)*(W/2) for FLUX latents [C, H, W]), or use set_indis_sigmas, which sets mu itself")
-    from ..backbones.diffusers import flow_shift
-
     return flow_shift(cfg, int(image_seq_len))
 
 
@@ -165,8 +165,6 @@ def _diffusers_row(process_name: str, sig: Tensor) -> Dict:
 @torch.no_grad()
 def schedules_for_seeds(model, backbone, seeds: Sequence[int], table=None) -> Dict:
     """Per-seed schedules of `model` (a predictor) for the prior noise x_T of each seed (indis.sampling.seeds)."""
-    from ..sampling.seeds import draw
-
     seeds = [int(s) for s in seeds]
     x_T, cond = draw(seeds, backbone.data_shape, backbone.process.prior_std(), backbone.cond_spec, table)
     d = model.eval()(x_T, cond)

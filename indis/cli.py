@@ -8,14 +8,13 @@ import importlib
 import sys
 from typing import List, Optional
 
+from . import __version__, _native
+
 # modules that contribute subcommands, in help order
 SUBCOMMAND_MODULES: List[str] = ["indis.backbones.cli", "indis.training.cli", "indis.engines.cli", "indis.bench.cli", "indis.toy.cli", "indis.quickstart"]
 
 
 def _version(args) -> int:
-    from . import __version__
-    from . import _native
-
     print(f"indis {__version__}")
     try:
         info = _native.build_info()

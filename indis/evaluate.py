@@ -16,15 +16,16 @@ count and forward time of a predictor as a share of one backbone call.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .io import atomic_write_json, atomic_write_text
 from .metrics.distances import mse
+from .metrics.fid import frechet_distance
 from .sampling.fixed import heuristic
+from .sampling.guidance import GuidedBackbone
 from .sampling.solve import solve
 
 Tensor = torch.Tensor
@@ -32,8 +33,6 @@ Tensor = torch.Tensor
 
 def frechet_tools():
     """The Frechet distance of indis.metrics.fid (one implementation for the whole package)."""
-    from .metrics.fid import frechet_distance
-
     return frechet_distance
 
 
@@ -53,8 +52,6 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
                      batch: int = 256, progress: bool = False) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
     GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe)."""
-    from .sampling.guidance import GuidedBackbone
-
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     fd = None
     if features is not None:
@@ -117,8 +114,6 @@ def markdown_table(rows: List[Dict], metric: str = "mse", methods: Optional[Sequ
 
 def write_results(path_stem, rows: List[Dict], meta: Optional[Dict] = None, metrics=("mse", "lpips", "fd")) -> None:
     from pathlib import Path
-
-    from .io import atomic_write_json, atomic_write_text
 
     stem = Path(path_stem)
     atomic_write_json(stem.with_suffix(".json"), {"rows": rows, "meta": meta or {}})

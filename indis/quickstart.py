@@ -21,6 +21,20 @@ from typing import Dict, List
 
 import torch
 
+from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
+from .engines.loader import load_engine_sampler
+from .engines.spec import resolve_backbone
+from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
+from .export.pipeline import export_folder
+from .io import atomic_write_json, atomic_write_text
+from .metrics.fid import digits_features
+from .native import native_available
+from .sampling.guidance import GuidedBackbone
+from .sampling.load import load_predictor
+from .solvers import sample
+from .training.teacher import TeacherConfig, generate_teacher, load_teacher
+from .training.train import TrainConfig, train
+
 
 def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="teacher, INDIS + GOD training, ONNX export, fast sampling, report",
@@ -64,15 +78,6 @@ def _grid(rows: Dict[str, torch.Tensor], path: str) -> None:
 
 def run_quickstart(args) -> int:
     from tqdm.auto import tqdm
-
-    from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
-    from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
-    from .io import atomic_write_json, atomic_write_text
-    from .sampling.load import load_predictor
-    from .engines.spec import resolve_backbone
-    from .sampling.guidance import GuidedBackbone
-    from .training.teacher import TeacherConfig, generate_teacher, load_teacher
-    from .training.train import TrainConfig, train
 
     if args.nfe < 1 or args.n_train < 20 or args.n_eval < 8 or args.steps < 1 or args.latency_batch < 1:
         raise ValueError("need --nfe >= 1, --n-train >= 20, --n-eval >= 8, --steps >= 1 and --latency-batch >= 1")
@@ -120,8 +125,6 @@ def run_quickstart(args) -> int:
     stage("evaluate")
     feats = None
     if tuple(bb.data_shape) == (1, 16, 16):
-        from .metrics.fid import digits_features
-
         feats = digits_features
     rows = evaluate_methods(bb, ev, {name: {k: m} for name, m in models.items()}, features=feats)
     quality_md = markdown_table(rows, "mse") + ("\n" + markdown_table(rows, "fd") if feats is not None else "")
@@ -137,8 +140,6 @@ def run_quickstart(args) -> int:
     done("fast sampler")
 
     stage("latency")
-    from .export.pipeline import export_folder
-
     # NFE k runs the trained INDIS predictor; the other NFEs an untrained predictor of the same architecture
     # (latency does not depend on its weights), exported the same way so every backend runs the same networks
     lat_nfes = sorted({3, k, 7})
@@ -181,8 +182,6 @@ def run_quickstart(args) -> int:
 
 def _export(predictor, backbone, out_dir, spec: str, log) -> Dict:
     """ONNX export of predictor and backbone into an engines folder, verified against PyTorch (fp32, 1e-4)."""
-    from .export.pipeline import export_folder
-
     man = export_folder(predictor, backbone, out_dir, backbone_spec_str=spec, overwrite=True, log=log)
     worst = {net: max(v["ort_cpu_max_abs_error"].values()) for net, v in man.get("numerics", {}).items()}
     return {"dir": out_dir, "files": sorted(man["artifacts"]), "ort_max_abs_error_vs_torch": worst}
@@ -190,10 +189,6 @@ def _export(predictor, backbone, out_dir, spec: str, log) -> Dict:
 
 def _fast_sample(predictor, backbone, teacher, engines_dir, log) -> Dict:
     """Sample held-out seeds with the fast sampler on every backend that runs here, against the PyTorch solver."""
-    from .engines.loader import load_engine_sampler
-    from .native import native_available
-    from .solvers import sample
-
     pos = torch.arange(min(64, len(teacher)))
     x_T, cond, _ = teacher.batch(pos)
     with torch.no_grad():

@@ -159,20 +159,20 @@ def test_flow_mlp_backbone_trains_and_samples():
 
 
 def test_diffusers_missing_gives_install_hint(monkeypatch):
-    from indis.backbones import flow
+    from indis.backbones import diffusers as adapter
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"pip install indis\[diffusers\]"):
-        flow.require_diffusers()
+        adapter.require_diffusers()
     with pytest.raises(ImportError, match=r"indis\[diffusers\]"):
-        flow.DiffusersAdapter(torch.nn.Linear(2, 2), (2,))
+        adapter.DiffusersAdapter(torch.nn.Linear(2, 2), (2,))
 
 
 @pytest.fixture
 def diffusers():
-    """diffusers, or skip. indis.backbones.flow.require_diffusers hides a torchvision build that does not match torch
+    """diffusers, or skip. indis.backbones.diffusers.require_diffusers hides a torchvision build that does not match torch
     (it fails on import with a RuntimeError and would break diffusers' model imports)."""
-    from indis.backbones.flow import require_diffusers
+    from indis.backbones.diffusers import require_diffusers
 
     try:
         return require_diffusers()
@@ -181,7 +181,7 @@ def diffusers():
 
 
 def test_diffusers_unet_adapter(tmp_path, diffusers):
-    from indis.backbones.flow import DiffusersAdapter
+    from indis.backbones.diffusers import DiffusersAdapter
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
@@ -204,7 +204,7 @@ def test_diffusers_unet_adapter(tmp_path, diffusers):
 
 
 def test_diffusers_sd3_transformer_adapter(diffusers):
-    from indis.backbones.flow import DiffusersAdapter, pack_text_cond
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
 
     torch.manual_seed(0)
     model = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,

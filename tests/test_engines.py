@@ -167,13 +167,13 @@ def test_sigmas_json(folders, tmp_path):
 
 def test_diffusers_worked_example():
     """docs/export.md: per-sample INDIS sigmas in a diffusers FlowMatchEulerDiscreteScheduler, one sample at a time."""
-    from indis.backbones.flow import require_diffusers
+    from indis.backbones.diffusers import require_diffusers
 
     try:  # also hides a torchvision build that does not match torch (it breaks diffusers' model imports)
         diffusers = require_diffusers()
     except ImportError as e:
         pytest.skip(str(e))
-    from indis.backbones.flow import DiffusersAdapter
+    from indis.backbones.diffusers import DiffusersAdapter
     from indis.export.sigmas import schedules_for_seeds
 
     torch.manual_seed(0)

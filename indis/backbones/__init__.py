@@ -1,18 +1,13 @@
 """Backbones: the protocol (base.py) and the models INDIS samples from."""
 from .base import Backbone, CondSpec, check_backbone_id, stable_hash
+from .bundled import load_bundled
+from .diffusers import DiffusersAdapter
 from .edm import PRESETS as EDM_PRESETS, EDMBackbone
 from .edm_nets import DhariwalUNet, EDMPrecond, SongUNet
-from .diffusers import DiffusersAdapter
 from .flow import FlowMLPBackbone
 from .gmm import GMMBackbone, exact_gaussian_flow, gaussian_backbone
 from .ideal import IdealDenoiser
 
-
-def load_bundled(*args, **kwargs):
-    """The bundled digits backbone (see indis.backbones.bundled)."""
-    from .bundled import load_bundled as _load
-
-    return _load(*args, **kwargs)
 
 
 __all__ = [

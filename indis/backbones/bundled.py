@@ -13,7 +13,6 @@ and thread count.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,6 +21,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..data.digits import load_digits_split
+from ..metrics.fid import EXTRACTOR_NAME, digits_fid
+from ..schedules import get_schedule
+from ..solvers import sample
 from .convert import atomic_save_json, atomic_torch_save, load_backbone, save_backbone
 from .edm import EDMBackbone
 from .edm_nets import EDMPrecond
@@ -123,8 +126,6 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
     """Train the bundled digits backbone. out_dir receives train_state.pt (periodic, atomic); export_dir
     (default out_dir) receives bundled_digits.safetensors/.json (EMA weights) and bundled_digits_loss.json/.png.
     Returns the EMA backbone."""
-    from ..data.digits import load_digits_split
-
     cfg = config or TrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be positive")
@@ -217,9 +218,6 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
 @torch.no_grad()
 def sample_backbone(backbone, n: int, steps: int = 50, solver: str = "ipndm", seed: int = 0, batch: int = 500) -> Tensor:
     """n samples with `steps` solver steps on EDM's polynomial (rho = 7) schedule over [t0, T], clipped to [-1, 1]."""
-    from ..schedules import get_schedule
-    from ..solvers import sample
-
     ts = get_schedule("polynomial", backbone.process, steps)
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -262,9 +260,6 @@ def evaluate_bundled(backbone: EDMBackbone, out_dir: str, n: int = 1000, seed: i
     against the 297 held-out digits, with the distance of n training digits (a fixed random subset) to the
     held-out digits as the reference (same set sizes); writes bundled_digits_samples.png and
     bundled_digits_quality.json into out_dir."""
-    from ..data.digits import load_digits_split
-    from ..metrics.fid import EXTRACTOR_NAME, digits_fid
-
     torch.set_num_threads(1)
     backbone = backbone.eval()
     os.makedirs(out_dir, exist_ok=True)

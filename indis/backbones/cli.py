@@ -9,6 +9,10 @@ import argparse
 import json
 import sys
 
+from ..io import claim_folder
+from .bundled import TrainConfig, evaluate_bundled, train_bundled
+from .convert import convert_edm
+
 
 def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser(
@@ -49,9 +53,6 @@ def add_subparsers(subparsers) -> None:
 
 
 def run_convert_edm(args) -> int:
-    from ..io import claim_folder
-    from .convert import convert_edm
-
     claim_folder(args.out, "backbone folder", "convert-edm")  # not into a teacher, training run or export folder
 
     net_kwargs = json.loads(args.net_kwargs) if args.net_kwargs else None
@@ -61,9 +62,6 @@ def run_convert_edm(args) -> int:
 
 
 def run_train_backbone(args) -> int:
-    from .bundled import TrainConfig, evaluate_bundled, train_bundled
-
-    from ..io import claim_folder
 
     for folder in {args.out, args.export or args.out}:  # not into a teacher, training run or export folder
         claim_folder(folder, "backbone folder", "train-backbone")

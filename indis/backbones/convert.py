@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .base import check_backbone_id
 from .edm import EDMBackbone, preset_kwargs
 from .edm_nets import EDMPrecond
 
@@ -351,8 +352,6 @@ def load_backbone(path: str, compute_dtype: Optional[str] = None, check_id: bool
     net.eval()
     bb = EDMBackbone(net, t0=cfg.get("t0", 0.002), T=cfg.get("T", 80.0), name=cfg.get("name"))
     if check_id and cfg.get("backbone_id"):
-        from .base import check_backbone_id
-
         check_backbone_id(cfg["backbone_id"], bb, f"the weights in {w_path}")
     return bb
 

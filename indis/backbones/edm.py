@@ -18,6 +18,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..processes import EDMProcess
 from .base import Backbone, CondSpec
 from .edm_nets import COMPUTE_DTYPES, EDMPrecond, count_parameters
 
@@ -63,8 +64,6 @@ class EDMBackbone(Backbone):
     def __init__(self, net: EDMPrecond, t0: float = 0.002, T: float = 80.0, name: Optional[str] = None):
         if not isinstance(net, EDMPrecond):
             raise ValueError(f"EDMBackbone wraps an indis EDMPrecond, got {type(net).__name__}")
-        from ..processes import EDMProcess
-
         cond = CondSpec("class", net.label_dim) if net.label_dim else CondSpec()
         super().__init__(EDMProcess(t0=t0, T=T, sigma_data=net.sigma_data), "x0",
                          (net.img_channels, net.img_resolution, net.img_resolution), cond)

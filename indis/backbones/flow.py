@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from ..processes import FlowOTProcess
+from ..schedules import shifted_uniform
 from .base import Backbone, CondSpec
 
 Tensor = torch.Tensor
@@ -53,8 +55,6 @@ class VelocityMLP(torch.nn.Module):
 
 def default_timesteps(n: int, shift: float = 3.0, t0: float = 0.002, T: float = 0.988) -> Tensor:
     """The flow-matching shift schedule (SD3/FLUX) with n steps on [t0, T]."""
-    from ..schedules import shifted_uniform
-
     return shifted_uniform(n, t0, T, shift=shift)
 
 
@@ -63,8 +63,6 @@ class FlowMLPBackbone(Backbone):
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, n_classes: int = 0, shift: float = 1.0,
                  t0: float = 0.002, T: float = 0.988):
-        from ..processes import FlowOTProcess
-
         if shift <= 0:
             raise ValueError(f"shift must be positive, got {shift}")
         super().__init__(FlowOTProcess(t0=t0, T=T), "velocity", (dim,),
@@ -99,9 +97,3 @@ def flow_matching_loss(backbone: Backbone, x0: Tensor, generator: Optional[torch
     tt = t.reshape(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - tt) * x0 + tt * eps
     return ((backbone(xt, t, cond) - (eps - x0)) ** 2).mean()
-
-
-# the diffusers adapter lives in indis.backbones.diffusers; these names stay importable from here
-from .diffusers import (  # noqa: E402,F401
-    DIFFUSERS_HINT, DiffusersAdapter, hide_broken_torchvision, pack_text_cond, require_diffusers,
-)

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..processes import get_process
 from .base import Backbone, CondSpec
 
 Tensor = torch.Tensor
@@ -171,8 +172,6 @@ def gaussian_backbone(mean, std: float, process="edm", prediction_type: str = "x
 def exact_gaussian_flow(process, x_T: Tensor, T: float, t: float, mean, std: float) -> Tensor:
     """Exact PF-ODE solution for Gaussian data N(mean, std^2 I): in VE-equivalent variables y = x/alpha,
     s = sigma/alpha, y(s) - mean = sqrt(std^2 + s^2) / sqrt(std^2 + s_T^2) (y_T - mean)."""
-    from ..processes import get_process
-
     p = get_process(process)
     tt = torch.tensor([T, t], dtype=torch.float64)
     a, s = p.alpha(tt), p.ve_sigma(tt)

@@ -1,6 +1,7 @@
 """The peers' search: `indis train --method gits|dmn|sdm` (indis.training.train.train hands these methods to
-indis.training.peers.train_peer, which calls `select` here) builds the method's schedule from pilot samples of the training teacher set, for
-every solver of `peer_solvers` and with/without AFS (`peer_afs`), and keeps the candidate with the least
+indis.training.train.train_peer, which calls `select` here) builds the method's schedule from pilot samples of the
+training teacher set, for every solver of `peer_solvers` and with/without AFS (`peer_afs`), and keeps the candidate
+with the least
 validation distance to the teacher, as the seed paper reports each baseline with its best solver and the best of
 with and without AFS. The result is a PeerSchedule in predictor.safetensors (load_predictor reads it; its
 metadata `nfe` is the number of network calls). `best_heuristic` does the same for the heuristic schedules.
@@ -101,7 +102,8 @@ class _Candidates:
 
 
 @torch.no_grad()
-def _score(model, net, x_T, cond, x0s, distance, batch: int = 256, state_dtype=torch.float32) -> Dict[str, float]:
+def score(model, net, x_T, cond, x0s, distance, batch: int = 256, state_dtype=torch.float32) -> Dict[str, float]:
+    """Mean distance and mean MSE of model's samples from x_T against the teacher endpoints x0s."""
     d = m = 0.0
     for lo in range(0, len(x_T), batch):
         c = None if cond is None else cond[lo : lo + batch]
@@ -126,7 +128,7 @@ def select(method: str, backbone, nfe: int, pilots: Tuple[Tensor, object], val: 
             continue
         for s in solvers:
             model, info = cands.build(s, a)
-            sc = _score(model, net, *val, distance)
+            sc = score(model, net, *val, distance)
             rows.append({"solver": s, "afs": a, **sc, "timesteps": model.timesteps.tolist(), "orders": model.orders})
             if log:
                 log(f"{method} NFE {nfe} {s}{' +AFS' if a else ''}: validation distance {sc['distance']:.5g}")
@@ -160,7 +162,7 @@ def best_heuristic(backbone, teacher, nfe: int, names: Sequence[str] = HEURISTIC
         for a in afs:
             for s in solvers:
                 model, _ = cands.build(s, a)
-                sc = _score(model, net, x_T, cond, x0s, mse, batch)
+                sc = score(model, net, x_T, cond, x0s, mse, batch)
                 rows.append({"name": name, "solver": s, "afs": a, **sc})
                 if best is None or sc[key] < best[1][key]:
                     best = (model, sc, name)

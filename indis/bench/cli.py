@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..export.pipeline import export_folder
+from ..io import atomic_write_json, atomic_write_text
+from ..toy.study import Study, quick_config
+from ..training.cli import load_backbone_spec
+from .latency import default_predictor, run_latency, write_report
+from .quality import plot_quality, run_quality
+
 
 def _ints(s: str):
     try:
@@ -66,18 +73,12 @@ def run_bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.quality:
         return _run_quality(args)
-    from .latency import run_latency, write_report
-    from ..training.cli import load_backbone_spec
-
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     bb = load_backbone_spec(args.backbone)
     nfes = args.nfe or [3, 5, 7, 10]
     engines, factory = args.engines, None
     if engines is None and {"ort", "trt"} & set(args.backends):
-        from ..export.pipeline import export_folder
-        from .latency import default_predictor
-
         phis = {n: default_predictor(bb, n).eval() for n in nfes}
         engines = {n: os.path.join(args.out, f"engines_nfe{n}") for n in nfes}
         for n in nfes:
@@ -94,9 +95,6 @@ def run_bench(args) -> int:
 
 
 def _run_quality(args) -> int:
-    from ..io import atomic_write_json, atomic_write_text
-    from .quality import plot_quality, run_quality
-
     nfes = args.nfe or [3, 5, 7]
     os.makedirs(args.out, exist_ok=True)
     by_backbone, sections = {}, []
@@ -121,8 +119,6 @@ def _run_quality(args) -> int:
 def _tree_rows(args, nfes):
     """The 2D tree study (exact model) mapped onto the quality table: uniform ~ best heuristic, global_full ~ GOD,
     indis_full ~ INDIS (held-out priors); LD3 has no 2D counterpart there."""
-    from ..toy.study import Study, quick_config
-
     cfg = quick_config(nfes=tuple(nfes), ipndm=False)
     doc = Study(cfg, os.path.join(args.out, "tree"), progress=not args.no_progress).run()
     names = {"uniform": "best heuristic", "global_full": "god", "indis_full": "indis"}

@@ -44,6 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .. import _native
+from ..backbones.edm import EDMBackbone
+from ..io import atomic_write_json, atomic_write_text
+from .fused import BENCH_SHAPES, bench, format_row
+from .latency import BenchSetup, bench_one, default_predictor, machine_info
+
 REPO = Path(__file__).resolve().parents[2]
 JSON_NAME, MD_NAME = "gpu_check.json", "gpu_check.md"
 LOG_NAMES = {"build": "build.log", "tests": "tests.log"}  # the other stages' output goes to stages.log
@@ -99,8 +105,6 @@ def latency_config(dry_run: bool) -> Dict:
 
 
 def fused_config(dry_run: bool) -> Dict:
-    from .fused import BENCH_SHAPES
-
     if dry_run:
         return dict(device="cpu", shapes=[(4, 3, 8, 8), (8, 3, 16, 16)], reps=5, inner=1)
     # the bench shapes fit in the H200's 60 MB L2 cache; the last one (5 x 33.5 MB at M = 3, fp32) does not
@@ -130,8 +134,6 @@ class StageContext:
 
     def save(self, status: str, **extra) -> None:
         """Write this stage's result so far (the orchestrator reads it even if the stage is killed later)."""
-        from ..io import atomic_write_json
-
         atomic_write_json(self.work / f"{self.name}.json", {"status": status, "data": self.data, **extra})
 
 
@@ -147,8 +149,6 @@ def _gpu_device(ctx: StageContext):
 
 def stage_info(ctx: StageContext) -> str:
     import torch
-
-    from .. import _native
 
     d = ctx.data
     d["torch"] = torch.__version__
@@ -185,8 +185,6 @@ def _edm_backbone(dry_run: bool, device):
     network and the cross-check between backends compares something (timing does not depend on the values)."""
     import torch
 
-    from ..backbones.edm import EDMBackbone
-
     if dry_run:
         torch.manual_seed(0)
         bb = EDMBackbone.from_kwargs(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet",
@@ -217,8 +215,6 @@ def crosscheck_failures(rows: Sequence[Dict]) -> List[str]:
 
 def stage_latency(ctx: StageContext) -> str:
     import torch
-
-    from .latency import BenchSetup, bench_one, default_predictor, machine_info
 
     cfg = latency_config(ctx.dry_run)
     dev = _gpu_device(ctx)
@@ -282,9 +278,6 @@ def stage_latency(ctx: StageContext) -> str:
 
 def stage_fused(ctx: StageContext) -> str:
     import torch
-
-    from .. import _native
-    from .fused import bench, format_row
 
     cfg = fused_config(ctx.dry_run)
     dev = _gpu_device(ctx)
@@ -562,8 +555,6 @@ class Orchestrator:
                 "stages": self.stages, "targets": targets(self.stages, self.dry_run)}
 
     def write(self) -> None:
-        from ..io import atomic_write_json, atomic_write_text
-
         rep = self.report()
         atomic_write_json(self.out / JSON_NAME, rep)
         atomic_write_text(self.out / MD_NAME, markdown(rep))

@@ -30,8 +30,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..predictor import Predictor
+from .. import _native
 from ..discretization import DiscretizationParam
+from ..engines.loader import load_engine_sampler
+from ..engines.runtime import torch_engine_backbone
+from ..io import atomic_write_json, atomic_write_text
+from ..native import FastSampler
+from ..predictor import Predictor
 from ..solvers import sample
 
 Tensor = torch.Tensor
@@ -77,8 +82,6 @@ def machine_info(device: torch.device) -> Dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     try:
-        from .. import _native
-
         info["native"] = _native.build_info()
     except ImportError as e:
         info["native"] = f"unavailable: {e}"
@@ -110,8 +113,6 @@ def _torch_graph_runner(s: BenchSetup):
     """The Python solver loop with every backbone call replayed from a CUDA graph (one per batch size)."""
     if s.device.type != "cuda":
         raise Unavailable("CUDA graphs need a CUDA device (none here)")
-    from ..engines.runtime import torch_engine_backbone
-
     net = torch_engine_backbone(s.backbone, s.device, cuda_graph=True)
     phi = s.predictor
 
@@ -123,9 +124,6 @@ def _torch_graph_runner(s: BenchSetup):
 
 def _native_sampler(s: BenchSetup, cuda_graph: bool):
     try:
-        from ..native import FastSampler
-        from .. import _native
-
         _native.load()
     except ImportError as e:
         raise Unavailable(f"the native module is not available: {e}") from e
@@ -183,10 +181,6 @@ def _engine_runner(kind: str):
     def make(s: BenchSetup):
         if s.engines_dir is None:
             raise Unavailable(f"the {kind} backend runs exported artifacts: pass --engines DIR (made by `indis export`)")
-        try:
-            from ..engines.loader import load_engine_sampler
-        except ImportError as e:
-            raise Unavailable(f"indis.engines is not importable: {e}") from e
         try:
             fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
                                      backbone=s.backbone, log=lambda *a: None)
@@ -390,8 +384,6 @@ def plot(report: Dict, path: str) -> None:
 
 
 def write_report(report: Dict, out_dir: str) -> Dict[str, str]:
-    from ..io import atomic_write_json, atomic_write_text
-
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f) for k, f in (("json", "bench.json"), ("md", "bench.md"), ("png", "latency_vs_nfe.png"))}
     atomic_write_json(paths["json"], report)

@@ -16,6 +16,18 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..baselines.common import Sampled
+from ..baselines.search import best_heuristic, parse_afs
+from ..data.digits import load_digits_split
+from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
+from ..metrics.fid import digits_features, frechet_distance
+from ..sampling.fixed import heuristic
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.load import load_predictor
+from ..training.cli import load_backbone_spec
+from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
+from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
+
 Tensor = torch.Tensor
 HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
 # trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
@@ -51,16 +63,6 @@ def run_quality(
     training-set MSE, sampled with its solver. GOD/LD3/INDIS are trained through each solver of learned_solvers (default
     iPNDM only), each from the best heuristic under that solver; the one with the least validation distance is the row.
     AMED-Plugin (amed) is trained on iPNDM."""
-    from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
-    from ..sampling.load import load_predictor
-    from ..training.cli import load_backbone_spec
-    from ..sampling.guidance import GuidedBackbone
-    from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
-    from ..baselines.common import Sampled
-    from ..baselines.search import best_heuristic
-    from ..sampling.fixed import heuristic
-    from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
-
     nfes = [int(k) for k in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFEs must be positive integers, got {nfes}")
@@ -76,8 +78,6 @@ def run_quality(
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
     best = best_heuristics(bb, tr, nfes)
     models: Dict[str, Dict[int, torch.nn.Module]] = {h: {k: heuristic(bb, h, k) for k in nfes} for h in HEURISTIC_NAMES}
-    from ..baselines.search import parse_afs
-
     best_any = {k: best_heuristic(bb, tr, k, HEURISTIC_NAMES, tuple(heuristic_solvers), parse_afs(peer_afs)) for k in nfes}
     models["best heuristic"] = {k: best_any[k][0] for k in nfes}
     train_info = {}
@@ -115,15 +115,10 @@ def run_quality(
                 train_info[f"{m}_nfe{k}_selected"] = tag
     feats, ref_data = None, None
     if tuple(bb.data_shape) == (1, 16, 16):
-        from ..data.digits import load_digits_split
-        from ..metrics.fid import digits_features
-
         feats, ref_data = digits_features, load_digits_split("heldout")[0]
     rows = evaluate_methods(bb, ev, models, features=feats)
     teacher_fd_data = None
     if feats is not None:
-        from ..metrics.fid import frechet_distance
-
         rf = feats(ref_data)
         net = GuidedBackbone(bb)
         for r in rows:

@@ -14,13 +14,13 @@ recorded in the companion JSON. The feature is the ReLU output of the 64-unit la
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from ..data.digits import load_digits_split
 from ..io import atomic_write_json, save_tensors
 
 Tensor = torch.Tensor
@@ -84,8 +84,6 @@ def _check_images(x: Tensor) -> Tensor:
 
 def train_digits_features(epochs: int = 30, seed: int = 0, save: bool = False) -> Dict:
     """Train the extractor as documented above; returns {'net', 'heldout_accuracy'}; save=True writes the assets."""
-    from ..data.digits import load_digits_split
-
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

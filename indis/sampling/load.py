@@ -26,7 +26,7 @@ def build_from_config(cfg: Dict, device=None) -> nn.Module:
     cfg = dict(cfg)
     kind = cfg.pop("class")
     if kind == "Sampled":  # a learned discretization with the sampler options it was trained with
-        return Sampled(build_from_config(cfg.pop("inner")), **cfg)
+        return Sampled(build_from_config(cfg.pop("inner"), device=device), **cfg)
     param = DiscretizationParam.from_config(cfg.pop("param"))
     cond_spec = CondSpec(**cfg.pop("cond_spec"))
     if device is not None:
@@ -72,8 +72,12 @@ def _check_config_fits(path, cfg, tensors: Dict[str, Tensor]) -> None:
     """Build the config's module on the meta device (no memory) and compare every parameter and buffer shape
     with the weights the file holds, before the real module is built: a config that asks for more than the
     file holds (hidden=200000 with small weights: 160 GB) is refused here instead of being allocated."""
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("param"), dict) or not isinstance(cfg.get("cond_spec"), dict):
-        raise ValueError(f"{path}: the predictor config is not an object with 'class', 'param' and 'cond_spec'")
+    inner = cfg
+    while isinstance(inner, dict) and inner.get("class") == "Sampled":  # sampler options around a learned model
+        inner = inner.get("inner")
+    if not isinstance(inner, dict) or not isinstance(inner.get("param"), dict) or not isinstance(inner.get("cond_spec"), dict):
+        raise ValueError(f"{path}: the predictor config is not an object with 'class', 'param' and 'cond_spec' "
+                         "(or a Sampled object with such an 'inner')")
     try:
         meta_model = build_from_config(cfg, device="meta")
     except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+
+from .study import Study, StudyConfig, quick_config, summary_table
+from .tree import tree_summary
 
 
 def _nfes(s: str):
@@ -44,9 +46,6 @@ def add_subparsers(subparsers) -> None:
 
 def run_toy(args) -> int:
     import torch
-
-    from .study import Study, StudyConfig, quick_config, summary_table
-    from .tree import tree_summary
 
     torch.set_num_threads(max(1, args.threads))
     over = {"backbone": args.backbone, "conditional": args.conditional, "seed": args.seed, "ipndm": not args.no_ipndm}

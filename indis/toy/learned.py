@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone, stable_hash
+from ..io import load_tensors, save_tensors
 from ..processes import FlowOTProcess
+from ..schedules import uniform_t
+from ..solvers import sample
+from .metrics import DistributionMetrics
 from .tree import T0_TOY, T_TOY, tree_backbone
 
 DEFAULT_TRAIN = {"hidden": 128, "depth": 3, "steps": 6000, "batch": 2048, "lr": 2e-3, "seed": 0}
@@ -90,10 +94,6 @@ def train_mlp(cfg: Dict, progress: bool = True) -> Tuple[MLPVelocity, Dict]:
 def many_step_check(model: Backbone, n: int = 4000, steps: int = 100, seed: int = 7) -> Dict:
     """100-step Euler samples of `model` against the true tree: KL / W2 with the study's estimators, next to
     the floors of an independent true sample of the same size."""
-    from ..solvers import sample
-    from ..schedules import uniform_t
-    from .metrics import DistributionMetrics
-
     p = model.process
     g = torch.Generator().manual_seed(seed)
     xT = torch.randn(n, 2, generator=g) * p.prior_std()
@@ -112,8 +112,6 @@ def default_cache_dir() -> Path:
 
 def load_or_train(cfg: Optional[Dict] = None, cache_dir=None, progress: bool = True) -> Tuple[MLPVelocity, Dict]:
     """The learned tree backbone for a training config, from the cache if present (keyed by the config hash)."""
-    from ..io import load_tensors, save_tensors
-
     cfg = {**DEFAULT_TRAIN, **(cfg or {})}
     key = stable_hash({"model": "MLPVelocity-tree", **cfg})
     path = Path(cache_dir or default_cache_dir()) / f"tree_mlp_velocity_{key}.safetensors"

@@ -41,7 +41,9 @@ from ..io import atomic_write_json
 from ..predictor import Predictor
 from ..schedules import uniform_t
 from ..solvers import sample
+from .learned import QUICK_TRAIN, load_or_train
 from .metrics import DistributionMetrics, MetricSpec, per_sample_se
+from .tree import tree_backbone
 
 DT = torch.float32
 
@@ -84,8 +86,6 @@ def quick_config(**over) -> StudyConfig:
     cfg = dict(nfes=(3,), num_train=800, num_fit=64, num_eval=256, global_iters=30, global_batch=64,
                global_full_iters=15, oracle_iters=25, oracle_full_iters=10, indis_iters=40, indis_batch=64,
                indis_full_iters=20, metrics=MetricSpec(ref_n=20000, w2_n=256).to_dict())
-    from .learned import QUICK_TRAIN
-
     cfg["learned_train"] = dict(QUICK_TRAIN)
     cfg.update(over)
     return StudyConfig(**cfg)
@@ -93,16 +93,12 @@ def quick_config(**over) -> StudyConfig:
 
 # ------------------------------------------------------------------------------------------------
 def build_backbone(cfg: StudyConfig, cache_dir=None, progress=True):
-    from .tree import tree_backbone
-
     exact = tree_backbone(conditional=cfg.conditional)
     if cfg.backbone == "exact":
         return exact, exact, {}
     if cfg.backbone == "learned":
         if cfg.conditional:
             raise ValueError("the conditional variant uses the exact class-conditional mixture (--backbone exact)")
-        from .learned import load_or_train
-
         model, info = load_or_train(cfg.learned_train, cache_dir=cache_dir, progress=progress)
         return model, exact, info
     raise ValueError(f"unknown backbone {cfg.backbone!r}; expected 'exact' or 'learned'")

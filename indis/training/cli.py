@@ -21,11 +21,25 @@ from typing import Optional
 
 import torch
 
+from ..engines.cli import add_sample_options, sample_from_engines
+from ..engines.spec import resolve_backbone
+from ..evaluate import evaluate_methods, plot_timesteps, write_results
+from ..export.manifest import load_manifest
+from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_tensors
+from ..metrics import fid
+from ..metrics.distances import LPIPS
+from ..metrics.inception import inception_feature_fn
+from ..sampling.fixed import heuristic
+from ..sampling.guidance import GuidedBackbone
+from ..sampling.load import load_predictor
+from ..sampling.seeds import draw, parse_seeds, seed_batches
+from ..sampling.solve import solve
+from .teacher import TeacherConfig, generate_teacher, load_teacher
+from .train import TrainConfig, check_run_folder, train
+
 
 def load_backbone_spec(spec: str):
     """The backbone named by a --backbone spec (see indis.engines.spec.resolve_backbone)."""
-    from ..engines.spec import resolve_backbone
-
     return resolve_backbone(spec)
 
 
@@ -42,17 +56,12 @@ MAX_GRID_SAMPLES = 16384  # `indis sample` writes one grid image (and one JSON) 
 
 
 def run_teacher(args) -> int:
-    from ..io import TEACHER, claim_folder
-    from .teacher import TeacherConfig, generate_teacher
-
     claim_folder(args.out, TEACHER, "teacher")  # before any work
     torch.set_num_threads(args.threads) if args.threads else None
     dist = maybe_init_distributed()
     bb = load_backbone_spec(args.backbone)
     table = None
     if args.prompt_table:
-        from ..io import load_tensors
-
         tensors = load_tensors(args.prompt_table)[0]
         if "table" not in tensors:
             raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] pooled prompt "
@@ -68,8 +77,6 @@ def run_teacher(args) -> int:
 
 
 def _add_train_options(p):
-    from .train import TrainConfig
-
     for f in fields(TrainConfig):
         opt = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -97,9 +104,6 @@ def _read_config(path) -> dict:
 
 
 def run_train(args) -> int:
-    from .teacher import load_teacher
-    from .train import TrainConfig, check_run_folder, train
-
     base = _read_config(args.config) if args.config else {}
     for f in fields(TrainConfig):
         v = getattr(args, f.name, None)
@@ -127,25 +131,14 @@ def run_train(args) -> int:
 def _features(kind: str, inception_weights: Optional[str] = None):
     if kind == "none":
         return None
-    from ..metrics import fid
-
     if kind == "digits":
         return fid.digits_features  # documented in indis.metrics.fid ("digits-cnn-v1")
     if kind == "inception":  # pytorch-fid's FID Inception (indis.metrics.inception); images in [-1, 1], 3 or 1 channels
-        from ..metrics.inception import inception_feature_fn
-
         return inception_feature_fn(inception_weights)
     raise ValueError(f"unknown feature extractor {kind!r}; expected none | digits | inception")
 
 
 def run_eval(args) -> int:
-    from ..evaluate import evaluate_methods, write_results
-    from ..sampling.load import load_predictor
-    from ..metrics.distances import LPIPS
-    from .teacher import load_teacher
-    from ..sampling.fixed import heuristic
-
-    from ..io import check_writable_file
 
     stem = Path(args.out)
     for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):  # before any work
@@ -175,9 +168,6 @@ def run_eval(args) -> int:
 def _check_sample_options(args):
     """Options of `indis sample` that contradict each other or the predictor, and the output paths: all
     checked before any work. Returns the parsed seeds."""
-    from ..io import check_writable_file
-    from ..sampling.seeds import parse_seeds
-
     seeds = parse_seeds(args.seeds).check_count(MAX_GRID_SAMPLES, "the grid of `indis sample`")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
@@ -192,8 +182,6 @@ def _check_sample_options(args):
         if args.schedule is not None:
             raise ValueError("--schedule applies to sampling without a predictor; the export folder of --engines has its own")
         if args.nfe is not None:
-            from ..export.manifest import load_manifest
-
             nfe = load_manifest(args.engines)["nfe"]
             if args.nfe != nfe:
                 raise ValueError(f"--nfe {args.nfe} conflicts with the export folder {args.engines}, whose predictor "
@@ -202,8 +190,6 @@ def _check_sample_options(args):
         if args.schedule is not None:
             raise ValueError("--schedule applies to sampling without a predictor; the predictor makes its own schedule")
         if args.nfe is not None:
-            from ..io import load_tensors
-
             nfe = load_tensors(args.predictor)[1].get("nfe")
             if nfe is not None and args.nfe != int(nfe):
                 raise ValueError(f"--nfe {args.nfe} conflicts with the predictor {args.predictor}, which was trained "
@@ -219,18 +205,8 @@ def run_sample(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..evaluate import plot_timesteps
-    from ..io import atomic_write_json
-    from ..sampling.load import load_predictor
-    from ..sampling.fixed import heuristic
-    from ..sampling.guidance import GuidedBackbone
-    from ..sampling.seeds import draw, seed_batches
-    from ..sampling.solve import solve
-
     seeds = _check_sample_options(args)
     if args.engines:  # an export folder on one backend (indis.engines)
-        from ..engines.cli import sample_from_engines
-
         x, discs, x_T, cond, model = sample_from_engines(args, seeds)
     else:
         bb = load_backbone_spec(args.backbone)
@@ -339,8 +315,6 @@ def add_subparsers(subparsers) -> None:
 
     p = subparsers.add_parser("sample", help="sample a PNG grid with a predictor or a heuristic; timesteps saved beside it", formatter_class=fmt)
     common(p, backbone_required=False)
-    from ..engines.cli import add_sample_options
-
     add_sample_options(p)  # --engines DIR --backend torch|ort|trt|native --device
     p.add_argument("--predictor", default=None, help="predictor.safetensors from `indis train` (else a heuristic schedule)")
     p.add_argument("--schedule", default=None, help="heuristic schedule without a predictor (default polynomial)")

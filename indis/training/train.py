@@ -46,7 +46,7 @@ from ..baselines import sdm
 from ..baselines.amed import AMEDPlugin, amed_steps
 from ..baselines.common import Sampled, peer_schedule
 from ..baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
-from ..baselines.search import _score, parse_afs, parse_solvers, select
+from ..baselines.search import parse_afs, parse_solvers, score, select
 from ..discretization import DiscretizationParam
 from ..io import RUN_FORMAT, RUN_MARKER, TRAINING_RUN, atomic_write_json, claim_folder, load_tensors, save_tensors
 from ..metrics.distances import get_distance, mse
@@ -295,7 +295,7 @@ def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=No
     # the reference a trained method starts from: cfg.init_schedule sampled with cfg.solver
     init = peer_schedule(net, get_schedule(cfg.init_schedule, backbone.process, cfg.nfe), cfg.solver, cfg.order,
                          method=f"heuristic:{cfg.init_schedule}")
-    initial_val = _score(init, net, x_v, c_v, x0_v, distance)["distance"]
+    initial_val = score(init, net, x_v, c_v, x0_v, distance)["distance"]
     meta = {
         "method": cfg.method,
         "nfe": cfg.nfe,
