@@ -210,6 +210,7 @@ class IndisPipeline:
         guidance_scale: classifier-free guidance, cond and uncond in one doubled batch per network call. The
         unconditional input is negative_prompt / negative_prompt_embeds when given, else the all-zero condition
         that INDIS's teacher and training use (so the default matches the trained predictor and `indis sample`).
+        FLUX-dev's embedded guidance is not this scale but an adapter setting (from_pipe(..., guidance=3.5)).
         output_type: "pil", "np", "pt" (decoded with the pipeline's VAE when it has one, in [0, 1]) or "latent".
         """
         if output_type not in OUTPUT_TYPES:
