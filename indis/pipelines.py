@@ -142,12 +142,14 @@ class IndisPipeline:
 
     def to(self, device=None, dtype=None) -> "IndisPipeline":
         """Move the denoiser (and VAE), the predictor and the diffusers pipeline's other components."""
+        kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         if self.pipe is not None:
-            self.pipe.to(device=device, dtype=dtype) if dtype is not None else self.pipe.to(device)
-        self.backbone.to(device=device, dtype=dtype)
+            self.pipe.to(**kw)
+        self.backbone.to(**kw)
         if self.backbone.vae is not None:
-            self.backbone.vae.to(device=device, dtype=dtype)
-        self.predictor.to(device=device)
+            self.backbone.vae.to(**kw)
+        if device is not None:  # the predictor keeps its dtype (it is small; its schedules are float32)
+            self.predictor.to(device=device)
         return self
 
     @property

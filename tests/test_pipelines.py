@@ -169,6 +169,11 @@ def test_sdxl_unet_batched_call(diffusers):
     close(out.images, per_sample(bb, pred, x_T, pack_text_cond(pe, pp), "dpmpp_2m", 3.0))
     with pytest.raises(ValueError, match="no VAE"):
         ip(prompt_embeds=pe, pooled_prompt_embeds=pp, seeds=[0, 1, 2], output_type="pt")
+    # the network in float64: the same images up to float32 rounding
+    ip.to("cpu", torch.float64)
+    assert next(bb.model.parameters()).dtype == torch.float64 and ip.device.type == "cpu"
+    close(ip(prompt_embeds=pe, pooled_prompt_embeds=pp, seeds=[0, 1, 2], guidance_scale=3.0, output_type="latent").images,
+          out.images, 1e-3)
 
 
 def test_trained_predictor_from_the_cli_matches_indis_sample(diffusers, tmp_path):
