@@ -7,7 +7,6 @@ from typing import List
 
 from ..cli import main as indis_main
 from ..discretization import Discretization
-from .loader import sample_seeds
 from ..export.onnx_export import check_profile
 from ..export.pipeline import export_folder
 from ..export.sigmas import check_prompt_table
@@ -15,6 +14,7 @@ from ..io import EXPORT, claim_folder, load_tensors
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.seeds import parse_seeds
+from .loader import sample_seeds
 from .spec import resolve_backbone
 
 

@@ -23,13 +23,13 @@ import torch
 
 from ..backbones.base import stable_hash
 from ..io import EXPORT, claim_folder, sha256_file
+from ..predictor import save_predictor
 from ..solvers import get_solver
 from . import manifest as mf
+from . import tensorrt as trt_backend
 from .onnx_export import (BackboneForExport, PredictorForExport, backbone_spec, check_profile, compare_with_torch,
                           export_onnx, predictor_spec)
-from ..predictor import save_predictor
 from .sigmas import check_prompt_table, export_sigmas
-from .tensorrt import build_engine, builder_options, trt_environment
 
 DEFAULT_PROFILE = {"min": 1, "opt": 8, "max": 64}
 NETWORKS = ("predictor", "backbone")
@@ -85,8 +85,8 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
         _check_same_export(Path(out), {"backbone_id": backbone.backbone_id, "predictor_id": predictor_id(model),
                                        "solver": solver_obj.name, "order": order, "nfe": int(model.param.nfe)})
     if tensorrt:  # fail before the (long) ONNX export when TensorRT or the GPU is missing
-        builder_options(precision)
-        trt_env = trt_environment()
+        trt_backend.builder_options(precision)
+        trt_env = trt_backend.trt_environment()
     elif precision != "fp32":
         raise ValueError("--precision applies to TensorRT engines; add --tensorrt (the ONNX files are always fp32)")
     out = Path(out)
@@ -188,7 +188,7 @@ def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) 
     onnx_entry = mf.artifact_entry("the export folder", manifest, f"{network}.onnx")
     if not isinstance(onnx_entry.get("profile_shapes"), dict) or not isinstance(onnx_entry.get("sha256"), str):
         raise mf.ArtifactError(f"the manifest entry of {network}.onnx has no profile_shapes / sha256; re-run the export")
-    opts = builder_options(precision)
+    opts = trt_backend.builder_options(precision)
     opts.pop("precision")
     return mf.engine_key_fields(onnx_entry["sha256"], network, precision, onnx_entry["profile_shapes"], trt_env, opts)
 
@@ -200,7 +200,7 @@ def build_trt_engine(folder, manifest: Dict, network: str, precision: str, trt_e
     fields = trt_key_fields(manifest, network, precision, trt_env)
     key = mf.engine_cache_key(fields)
     name = mf.engine_file_name(network, key)
-    res = build_engine(folder / f"{network}.onnx", folder / name, manifest["artifacts"][f"{network}.onnx"]["profile_shapes"],
+    res = trt_backend.build_engine(folder / f"{network}.onnx", folder / name, manifest["artifacts"][f"{network}.onnx"]["profile_shapes"],
                        precision=precision, timing_cache=folder / "trt" / "timing.cache")
     old = mf.find_engine_entry(manifest, network)
     if old is not None:
@@ -220,7 +220,7 @@ def resolve_trt_engine(folder, manifest: Dict, network: str, precision: Optional
     folder = Path(folder)
     precision = precision or manifest.get("precision") or "fp32"
     if trt_env is None:
-        trt_env = trt_environment()
+        trt_env = trt_backend.trt_environment()
     current = trt_key_fields(manifest, network, precision, trt_env)
     found = mf.find_engine_entry(manifest, network, precision)
     reasons = ["no engine was built for it"] if found is None else mf.stale_reasons(found[1], current)

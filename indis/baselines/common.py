@@ -25,8 +25,8 @@ from torch import nn
 from ..backbones.base import CondSpec
 from ..discretization import DiscretizationParam
 from ..processes import _bcast
-from ..solvers import Solver, get_solver, sample
 from ..sampling.fixed import FixedDiscretization
+from ..solvers import Solver, get_solver, sample
 
 Tensor = torch.Tensor
 

@@ -22,7 +22,6 @@ Inputs are images in [-1, 1]. Grayscale images are repeated to 3 channels; image
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Callable, Dict, Optional
 

@@ -26,10 +26,10 @@ import torch
 
 from ..backbones.base import CondSpec
 from ..io import TEACHER, atomic_write_json, claim_folder, load_tensors, save_tensors, sha256_file
-from ..schedules import get_schedule
-from ..solvers import get_solver, sample
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.seeds import draw
+from ..schedules import get_schedule
+from ..solvers import sample
 
 Tensor = torch.Tensor
 FORMAT = "indis-teacher/1"
