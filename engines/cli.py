@@ -9,7 +9,8 @@ from ..cli import main as indis_main
 from ..discretization import Discretization
 from ..export.onnx_export import check_profile
 from ..export.pipeline import export_folder
-from ..io import EXPORT, claim_folder
+from ..export.sigmas import check_prompt_table
+from ..io import EXPORT, claim_folder, load_tensors
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.seeds import parse_seeds
@@ -46,6 +47,14 @@ def run_export(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bb = resolve_backbone(args.backbone)
+    table = None
+    if args.prompt_table:
+        tensors = load_tensors(args.prompt_table)[0]
+        if "table" not in tensors:
+            raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] prompt conditions)")
+        table = tensors["table"].float()
+    if seeds is not None:  # before the export writes anything
+        check_prompt_table(bb, table, "--sigmas-seeds")
     meta = {}
     if args.predictor:
         model, meta = load_predictor(args.predictor, bb.backbone_id)
@@ -58,7 +67,7 @@ def run_export(args) -> int:
     export_folder(model, bb, args.out, backbone_spec_str=args.backbone,
                   predictor_source=args.predictor or f"heuristic:{args.schedule}:{args.nfe}", solver=solver, order=order,
                   profile=args.batch, tensorrt=args.tensorrt, precision=args.precision, atol=args.atol,
-                  verify=not args.no_verify, sigmas_seeds=seeds, overwrite=args.overwrite)
+                  verify=not args.no_verify, sigmas_seeds=seeds, overwrite=args.overwrite, prompt_table=table)
     print(f"wrote {args.out}/manifest.json")
     return 0
 
@@ -85,6 +94,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--atol", type=float, default=1e-4, help="max |ONNX Runtime - PyTorch| (fp32) accepted at export")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     p.add_argument("--sigmas-seeds", default=None, help="also write sigmas.json (per-sample sigma lists) for these seeds, e.g. 0-15")
+    p.add_argument("--prompt-table", default=None,
+                   help="text models: safetensors with 'table' [M, dim] of prompt conditions (e.g. the teacher set's "
+                        "prompt_table.safetensors); sigmas.json rows then name each seed's prompt_index")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an export folder made for another backbone, predictor, solver or NFE")

@@ -29,7 +29,7 @@ from . import manifest as mf
 from . import tensorrt as trt_backend
 from .onnx_export import (BackboneForExport, PredictorForExport, backbone_spec, check_profile, compare_with_torch,
                           export_onnx, predictor_spec)
-from .sigmas import export_sigmas
+from .sigmas import check_prompt_table, export_sigmas
 
 DEFAULT_PROFILE = {"min": 1, "opt": 8, "max": 64}
 NETWORKS = ("predictor", "backbone")
@@ -54,7 +54,7 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                   solver: str = "ipndm", order: Optional[int] = None, profile: Optional[Dict] = None,
                   tensorrt: bool = False, precision: str = "fp32", atol: float = 1e-4, verify: bool = True,
                   verify_batches=(1, 5), export_batch: int = 2, sigmas_seeds=None, extra: Optional[Dict] = None,
-                  overwrite: bool = False, log=print) -> Dict:
+                  overwrite: bool = False, log=print, prompt_table=None) -> Dict:
     """Export `model` (Predictor / GlobalDiscretization / FixedDiscretization / PeerSchedule) and `backbone` into
     folder `out`. A PeerSchedule is exported with its own solver and order (AFS and per-step orders are refused).
     Returns the manifest. The caller's modules are left in the training/eval mode they came in.
@@ -78,6 +78,8 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     profile = dict(profile or DEFAULT_PROFILE)
     check_profile(profile)
     _check_pair(model, backbone)
+    if sigmas_seeds is not None:  # before any file is written: sigmas.json needs each seed's condition
+        check_prompt_table(backbone, prompt_table, "sigmas.json (--sigmas-seeds)")
     claim_folder(out, EXPORT, "export")
     if not overwrite:
         _check_same_export(Path(out), {"backbone_id": backbone.backbone_id, "predictor_id": predictor_id(model),
@@ -96,7 +98,7 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
                               predictor_source=predictor_source, solver_obj=solver_obj, order=order, profile=profile,
                               tensorrt=tensorrt, precision=precision, atol=atol, verify=verify,
                               verify_batches=verify_batches, export_batch=export_batch, sigmas_seeds=sigmas_seeds,
-                              extra=extra, trt_env=trt_env if tensorrt else None, log=log)
+                              extra=extra, trt_env=trt_env if tensorrt else None, log=log, prompt_table=prompt_table)
     finally:
         for m, mode in modes.items():
             m.train(mode)
@@ -118,7 +120,8 @@ def _check_same_export(out: Path, settings: Dict) -> None:
 
 
 def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source, solver_obj, order, profile, tensorrt,
-                   precision, atol, verify, verify_batches, export_batch, sigmas_seeds, extra, trt_env, log) -> Dict:
+                   precision, atol, verify, verify_batches, export_batch, sigmas_seeds, extra, trt_env, log,
+                   prompt_table=None) -> Dict:
     solver = solver_obj.name
     pid, bid = predictor_id(model), backbone.backbone_id
     arts: Dict[str, Dict] = {}
@@ -162,7 +165,7 @@ def _export_folder(model, backbone, out, *, backbone_spec_str, predictor_source,
         nfe=int(model.param.nfe), solver=solver_obj.name, order=order, profile=profile, precision=precision,
         numerics=numerics, artifacts=arts, **(extra or {}))
     if sigmas_seeds is not None:
-        export_sigmas(model, backbone, sigmas_seeds, out / "sigmas.json", predictor_id=pid)
+        export_sigmas(model, backbone, sigmas_seeds, out / "sigmas.json", predictor_id=pid, table=prompt_table)
         arts["sigmas.json"] = mf.file_entry(out / "sigmas.json", "json")
     if tensorrt:
         for net in NETWORKS:

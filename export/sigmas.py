@@ -41,7 +41,8 @@ import torch
 
 from ..backbones.diffusers import flow_shift
 from ..io import atomic_write_json
-from ..sampling.seeds import draw
+from ..backbones.base import stable_hash
+from ..sampling.seeds import draw, unit_noise_and_index
 
 Tensor = torch.Tensor
 
@@ -162,11 +163,36 @@ def _diffusers_row(process_name: str, sig: Tensor) -> Dict:
             "terminal": float(sig[-1])}
 
 
+def check_prompt_table(backbone, table, what: str = "this"):
+    """A text-conditional backbone needs a prompt table [M, cond dim] (each seed draws one row, indis.sampling.seeds);
+    other backbones take none. Raises ValueError that says what to pass."""
+    cs = backbone.cond_spec
+    if cs.kind != "text":
+        if table is not None:
+            raise ValueError(f"a prompt table applies to text-conditional backbones; this one's condition is {cs.kind!r}")
+        return
+    if table is None:
+        raise ValueError(f"{what} needs each seed's prompt: this backbone is text-conditional, so pass --prompt-table "
+                         f"(a safetensors file with 'table' [M, {cs.dim}]: one condition row per prompt, e.g. the teacher "
+                         "set's prompt_table.safetensors)")
+    if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != cs.dim or table.shape[0] < 1:
+        shape = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
+        raise ValueError(f"the prompt table must have shape [M, {cs.dim}] (M >= 1 prompts), got {shape}")
+
+
+def prompt_table_sha256(table) -> str:
+    """The id of a prompt table (its dtype, shape and bytes), recorded beside the rows that index it."""
+    return stable_hash({}, {"table": table}, n_hex=64)
+
+
 @torch.no_grad()
 def schedules_for_seeds(model, backbone, seeds: Sequence[int], table=None) -> Dict:
     """Per-seed schedules of `model` (a predictor) for the prior noise x_T of each seed (indis.sampling.seeds)."""
     seeds = [int(s) for s in seeds]
+    check_prompt_table(backbone, table, "per-seed schedules")
     x_T, cond = draw(seeds, backbone.data_shape, backbone.process.prior_std(), backbone.cond_spec, table)
+    # the row of the table each seed drew (the same stream as draw: noise, then the index)
+    prompt_index = None if table is None else unit_noise_and_index(seeds, backbone.data_shape, table.shape[0])[1]
     d = model.eval()(x_T, cond)
     n = d.timesteps.shape[-1] - 1
     ts = d.timesteps.double().expand(len(seeds), -1)
@@ -179,8 +205,13 @@ def schedules_for_seeds(model, backbone, seeds: Sequence[int], table=None) -> Di
                "timesteps": ts[i].tolist(), "call_timesteps": (ts[i, :-1] + dtau[i]).tolist(), "gamma": gamma[i].tolist()}
         if backbone.cond_spec.kind == "class" and cond is not None:
             row["class_label"] = int(cond[i])
+        if prompt_index is not None:
+            row["prompt_index"] = int(prompt_index[i])
         samples.append(row)
-    return {"nfe": n, "samples": samples}
+    out = {"nfe": n, "samples": samples}
+    if table is not None:
+        out["prompt_table"] = {"count": int(table.shape[0]), "sha256": prompt_table_sha256(table)}
+    return out
 
 
 def export_sigmas(model, backbone, seeds: Sequence[int], path, solver: Optional[str] = None, predictor_id: Optional[str] = None,

@@ -39,6 +39,18 @@ def pool_text(t5_tokens: Tensor, clip_pooled: Tensor, t5_mask: Optional[Tensor] 
     return torch.cat([pooled, clip_pooled], dim=1)
 
 
+TEXT_POOL_KEYS = ("seq_len", "dim", "pooled_dim", "token_start")
+
+
+def pool_packed_text(cond: Tensor, layout: Dict) -> Tensor:
+    """The paper's pooled text condition [B, dim + pooled_dim] from a packed one [B, seq_len * dim + pooled_dim]
+    (tokens then the pooled vector, indis.backbones.diffusers.pack_text_cond): the mean of the tokens from
+    `token_start` on (the T5 tokens; SD3 packs its 77 CLIP tokens first) concatenated with the pooled vector."""
+    n = layout["seq_len"] * layout["dim"]
+    tokens = cond[:, :n].reshape(cond.shape[0], layout["seq_len"], layout["dim"])[:, layout["token_start"]:]
+    return pool_text(tokens, cond[:, n:])
+
+
 class _ImageEncoder(nn.Module):
     def __init__(self, channels: int, res: int, hidden: int, width: int = 32):
         super().__init__()
@@ -65,6 +77,9 @@ class Predictor(nn.Module):
       hidden: feature width.
       init_timesteps: optional [N+1] schedule the untrained predictor reproduces (default: uniform in warp).
       use_instance / use_cond: ablation switches (see module doc).
+      text_pool: for a packed text condition (indis.backbones.diffusers), its layout {seq_len, dim, pooled_dim,
+        token_start}: phi then takes the pooled embedding (pool_packed_text, dim + pooled_dim numbers) instead of
+        the whole sequence (DiffusersAdapter.text_pooling() gives it).
     """
 
     def __init__(
@@ -77,8 +92,16 @@ class Predictor(nn.Module):
         use_instance: bool = True,
         use_cond: bool = True,
         conv_width: int = 32,
+        text_pool: Optional[Dict] = None,
     ):
         super().__init__()
+        self.text_pool = None if text_pool is None else {k: int(text_pool[k]) for k in TEXT_POOL_KEYS}
+        if self.text_pool is not None:
+            tp = self.text_pool
+            if cond_spec.kind != "text" or tp["seq_len"] * tp["dim"] + tp["pooled_dim"] != cond_spec.dim \
+                    or not 0 <= tp["token_start"] < tp["seq_len"]:
+                raise ValueError(f"text_pool {tp} does not fit the condition {cond_spec}: a text condition of "
+                                 "seq_len * dim + pooled_dim numbers with 0 <= token_start < seq_len")
         self.param = param
         self.data_shape = tuple(int(d) for d in data_shape)
         self.cond_spec = cond_spec
@@ -99,7 +122,8 @@ class Predictor(nn.Module):
             else:
                 raise ValueError(f"data_shape must be [D] or [C, H, W], got {self.data_shape}")
         if cond_spec.kind != "none" and self.use_cond:
-            self.cond_proj = nn.Linear(cond_spec.dim, hidden)
+            in_dim = cond_spec.dim if self.text_pool is None else self.text_pool["dim"] + self.text_pool["pooled_dim"]
+            self.cond_proj = nn.Linear(in_dim, hidden)
         self.trunk = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU())
         self.head = nn.Linear(hidden, 3 * n)
         nn.init.zeros_(self.head.weight)
@@ -119,6 +143,7 @@ class Predictor(nn.Module):
             "conv_width": self.conv_width,
             "use_instance": self.use_instance,
             "use_cond": self.use_cond,
+            **({} if self.text_pool is None else {"text_pool": dict(self.text_pool)}),
         }
 
     def raw(self, x_T: Tensor, cond=None) -> Tensor:
@@ -135,6 +160,8 @@ class Predictor(nn.Module):
             c = c.to(dt)
             if self.cond_spec.kind == "class":
                 c = c / math.sqrt(self.cond_spec.dim)
+            if self.text_pool is not None:
+                c = pool_packed_text(c, self.text_pool)
             feat = feat + self.cond_proj(c)
         return self.head(self.trunk(feat)).view(b, 3, self.param.nfe)
 

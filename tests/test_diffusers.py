@@ -641,3 +641,44 @@ def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):
                      "--out", f"{d}/s_{backend}.png"]) == 0
         assert (tmp_path / f"s_{backend}.png").is_file()
     capsys.readouterr()
+
+
+def test_export_sigmas_of_a_text_model_with_a_prompt_table(diffusers, tmp_path, capsys):
+    """`indis export --sigmas-seeds` on a text model: without --prompt-table it stops before writing anything, with a
+    message naming --prompt-table (it used to fail after the ONNX files, leaving a folder without a manifest); with
+    one, every sigmas.json row names the prompt its seed drew (the same stream as indis.sampling.seeds) and the
+    table's id is recorded."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("transformers")
+    import json
+
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.cli import main
+    from indis.export.sigmas import prompt_table_sha256
+    from indis.io import save_tensors
+    from indis.predictor import save_predictor
+    from indis.sampling.seeds import unit_noise_and_index
+    from indis.training.train import TrainConfig, build_model
+
+    pipe = diffusers.StableDiffusion3Pipeline(transformer=tiny_sd3(diffusers), vae=tiny_vae(diffusers),
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                              text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                              text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(str(tmp_path / "sd3"))
+    spec = f"diffusers:{tmp_path / 'sd3'}"
+    bb = DiffusersAdapter.from_pretrained(str(tmp_path / "sd3"))
+    save_predictor(tmp_path / "p.safetensors", build_model(TrainConfig(nfe=3, hidden=16, conv_width=8), bb),
+                   {"backbone_id": bb.backbone_id, "solver": "ipndm"})  # untrained; phi pools the text condition
+    args = ["export", "--backbone", spec, "--predictor", str(tmp_path / "p.safetensors"), "--sigmas-seeds", "0-5",
+            "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "e0")]) != 0
+    assert "--prompt-table" in capsys.readouterr().err
+    assert not any((tmp_path / "e0").glob("*")) if (tmp_path / "e0").exists() else True
+    table = torch.randn(3, bb.cond_spec.dim, generator=torch.Generator().manual_seed(0))
+    save_tensors(tmp_path / "table.safetensors", {"table": table})
+    assert main([*args, "--out", str(tmp_path / "e"), "--prompt-table", str(tmp_path / "table.safetensors")]) == 0
+    doc = json.loads((tmp_path / "e" / "sigmas.json").read_text())
+    want = unit_noise_and_index(list(range(6)), bb.data_shape, 3)[1].tolist()
+    assert [r["prompt_index"] for r in doc["samples"]] == want and len(set(want)) > 1
+    assert doc["prompt_table"] == {"count": 3, "sha256": prompt_table_sha256(table)}
+    capsys.readouterr()

@@ -228,6 +228,16 @@ def resolve_prediction_type(name: str, process) -> str:
     return DIFFUSERS_PREDICTION_TYPES[name]
 
 
+def model_output_to_indis(out: Tensor, x: Tensor, t: Tensor, process, model_prediction_type: str) -> Tensor:
+    """A diffusers model's output at (x, t) as the INDIS prediction `resolve_prediction_type` names: unchanged, except
+    diffusers' VP v_prediction, v = alpha eps - sigma x0 with x = alpha x0 + sigma eps and alpha^2 + sigma^2 = 1,
+    which becomes eps = alpha v + sigma x. t: process times [B] (or a scalar)."""
+    if model_prediction_type != "v_prediction":
+        return out
+    tt = torch.as_tensor(t, device=x.device).to(x.dtype)
+    return _bcast(process.alpha(tt), x) * out + _bcast(process.sigma(tt), x) * x
+
+
 def _read_json(path: str) -> Optional[Dict]:
     if not os.path.isfile(path):
         return None
@@ -536,6 +546,16 @@ class DiffusersAdapter(Backbone):
                    time_ids=None if self.time_ids is None else list(self.time_ids), guidance=self.guidance)
         return cfg
 
+    def text_pooling(self) -> Optional[Dict]:
+        """The layout of this adapter's packed text condition for the predictor's pooling (indis.predictor
+        pool_packed_text: the paper's mean-pooled T5 tokens concatenated with the CLIP pooled vector), or None for a
+        model without text. SD3 packs 77 CLIP tokens before the T5 ones (token_start 77 when the sequence is longer
+        than 77); FLUX's sequence is T5 only; SD 1.x / 2.x / SDXL have CLIP tokens only, which are mean-pooled."""
+        if self.cond_spec.kind != "text":
+            return None
+        start = 77 if self.kind == "transformer" and self.text_seq_len > 77 else 0
+        return {"seq_len": self.text_seq_len, "dim": self.text_dim, "pooled_dim": self.pooled_dim, "token_start": start}
+
     def default_timesteps(self, n: int) -> Tensor:
         p = self.process
         if p.name != "flow":
@@ -591,10 +611,4 @@ class DiffusersAdapter(Backbone):
                 kw["guidance"] = torch.full((b,), self.guidance, device=x.device, dtype=dtype)
             out = self.model(**kw)[0]
             out = out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-        out = out.to(x.dtype)
-        if self.model_prediction_type == "v_prediction":
-            # diffusers' VP v = alpha eps - sigma x0 with x = alpha x0 + sigma eps, alpha^2 + sigma^2 = 1
-            # -> eps = alpha v + sigma x
-            tt = t.to(x.dtype)
-            out = _bcast(self.process.alpha(tt), x) * out + _bcast(self.process.sigma(tt), x) * x
-        return out
+        return model_output_to_indis(out.to(x.dtype), x, t, self.process, self.model_prediction_type)

@@ -183,8 +183,10 @@ def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = N
         return LD3Discretization(param, init, backbone.data_shape, cs, use_shift=not cfg.no_shift)
     if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
         return GlobalDiscretization(param, init, backbone.data_shape, cs)
+    text_pool = backbone.text_pooling() if hasattr(backbone, "text_pooling") else None  # phi pools packed text
     return Predictor(param, backbone.data_shape, cs, hidden=cfg.hidden, init_timesteps=init,
-                     use_instance=not cfg.no_instance, use_cond=not cfg.no_cond, conv_width=cfg.conv_width)
+                     use_instance=not cfg.no_instance, use_cond=not cfg.no_cond, conv_width=cfg.conv_width,
+                     text_pool=text_pool)
 
 
 class AutocastBackbone(nn.Module):
