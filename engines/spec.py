@@ -23,6 +23,10 @@ def resolve_backbone(spec: str):
         from ..backbones.bundled import load_bundled
 
         return load_bundled().eval()
+    if spec == "bundled-flow":
+        from ..backbones.bundled_flow import load_bundled_flow
+
+        return load_bundled_flow().eval()
     if spec.startswith("edm:"):
         from ..backbones.edm import PRESETS, EDMBackbone
 
@@ -53,5 +57,5 @@ def resolve_backbone(spec: str):
         except (ImportError, AttributeError) as e:
             raise ValueError(f"backbone spec {spec!r}: cannot import {fn} from {mod}: {e}") from e
         return factory().eval()
-    raise ValueError(f"unknown backbone spec {spec!r}; use bundled, ideal, gmm-image, edm:PRESET[:SEED], "
+    raise ValueError(f"unknown backbone spec {spec!r}; use bundled, bundled-flow, ideal, gmm-image, edm:PRESET[:SEED], "
                      "a folder from `indis convert-edm`, or module:function")
