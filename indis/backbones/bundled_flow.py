@@ -42,7 +42,7 @@ import torch
 
 from ..processes import FlowOTProcess
 from .base import Backbone, CondSpec
-from .bundled import ASSETS_DIR, plot_loss, save_grid
+from .bundled import ASSETS_DIR, save_grid
 from .convert import atomic_save_json, atomic_torch_save
 from .flow import default_timesteps, require_diffusers
 
