@@ -222,7 +222,7 @@ setup(
     packages=packages(),
     package_dir={"indis.export": "export", "indis.engines": "engines"},
     # data files shipped inside the package (non-editable wheels need this)
-    package_data={"indis": ["assets/*"]},
+    package_data={"indis": ["assets/*", "assets/bundled_flow/*", "assets/bundled_flow/*/*"]},
     ext_modules=[CMakeExtension("indis._C")],
     cmdclass={"build_ext": CMakeBuild},
     # torch is pinned (2.13.0) in the install instructions, not here: a pin

@@ -31,7 +31,7 @@ from ..sampling.load import load_predictor
 from ..sampling.seeds import draw, seed_batches
 from ..solvers import sample
 from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner, _device
-from .spec import is_registry_name, resolve_backbone
+from .spec import REGISTRY_NAMES, is_registry_name, resolve_backbone
 
 Tensor = torch.Tensor
 
@@ -47,7 +47,7 @@ def manifest_backbone(folder: Path, man: Dict):
                                "(--backbone SPEC, or load_engines(backbone=...))")
     if not is_registry_name(spec):
         raise mf.ArtifactError(f"{folder}: the manifest names the backbone {spec!r}, which is not a registry name "
-                               "(bundled, ideal, gmm-image, edm:PRESET[:SEED]); an export folder never chooses code or "
+                               f"({', '.join(REGISTRY_NAMES)}, edm:PRESET[:SEED]); an export folder never chooses code or "
                                "paths to load. Pass the backbone on the command line: --backbone SPEC (or "
                                "load_engines(backbone=...)); its id is checked against the manifest")
     return resolve_backbone(spec, registry_only=True)

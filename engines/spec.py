@@ -1,6 +1,8 @@
 """`--backbone SPEC`: name a backbone on the command line.
 
   bundled                 the bundled digits EDM network (indis.backbones.bundled.load_bundled)
+  bundled-flow            the bundled class-conditional latent flow-matching digits model, a diffusers pipeline
+                          folder (indis.backbones.bundled_flow.load_bundled_flow)
   edm:PRESET[:SEED]       an EDM architecture preset (cifar10_uncond, cifar10_cond, ffhq64, afhq64, imagenet64)
                           with random weights from SEED (default 0): for export and latency checks without a
                           checkpoint; the same seed gives the same weights and the same backbone id
@@ -12,7 +14,7 @@
   module:function         any importable factory returning a Backbone
 Every command that takes `--backbone` resolves it here.
 
-Only the first four forms without a path (bundled, edm:PRESET[:SEED], ideal, gmm-image) are *registry names*:
+The forms without a path (bundled, bundled-flow, edm:PRESET[:SEED], ideal, gmm-image) are *registry names*:
 they name code that ships with indis. A spec read from a file (the backbone recorded in an export manifest)
 is resolved with `registry_only=True`: a folder path or a `module:function` there would let whoever edits the
 file choose what runs or what is read, so it is refused and the user names the backbone on the command line.
@@ -25,6 +27,7 @@ import re
 import sys
 
 from ..backbones.bundled import load_bundled
+from ..backbones.bundled_flow import load_bundled_flow
 from ..backbones.convert import load_backbone
 from ..backbones.demo import ImageGMM
 from ..backbones.diffusers import DiffusersAdapter
@@ -32,7 +35,7 @@ from ..backbones.edm import EDMBackbone, PRESETS
 from ..backbones.ideal import IdealDenoiser
 from ..data.digits import load_digits_split
 
-REGISTRY_NAMES = ("bundled", "ideal", "gmm-image")
+REGISTRY_NAMES = ("bundled", "bundled-flow", "ideal", "gmm-image")
 _EDM_SPEC = re.compile(r"edm:([A-Za-z0-9_]+)(?::([0-9]{1,18}))?")
 
 
@@ -59,6 +62,8 @@ def resolve_backbone(spec: str, registry_only: bool = False):
                          "edm:PRESET[:SEED]); a path or module:function is honoured only on the command line")
     if spec == "bundled":
         return load_bundled().eval()
+    if spec == "bundled-flow":
+        return load_bundled_flow().eval()
     if spec.startswith("edm:"):
         m = _EDM_SPEC.fullmatch(spec)
         if m is None or m.group(1) not in PRESETS:
@@ -90,5 +95,5 @@ def resolve_backbone(spec: str, registry_only: bool = False):
             if added:
                 sys.path.remove(cwd)
         return factory().eval()
-    raise ValueError(f"unknown backbone spec {spec!r}; use bundled, ideal, gmm-image, edm:PRESET[:SEED], "
+    raise ValueError(f"unknown backbone spec {spec!r}; use bundled, bundled-flow, ideal, gmm-image, edm:PRESET[:SEED], "
                      "a folder from `indis convert-edm`, diffusers:PATH, or module:function")

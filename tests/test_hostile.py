@@ -599,7 +599,7 @@ def test_1_registry_names(monkeypatch):
     from indis.backbones.edm import EDMBackbone
     from indis.engines.spec import is_registry_name, resolve_backbone
 
-    for ok in ("bundled", "ideal", "gmm-image", "edm:cifar10_uncond", "edm:ffhq64:7"):
+    for ok in ("bundled", "bundled-flow", "ideal", "gmm-image", "edm:cifar10_uncond", "edm:ffhq64:7"):
         assert is_registry_name(ok), ok
     for bad in ("os:abort", "edm:nope", "edm:cifar10_uncond:-1", "edm:cifar10_uncond:1:2", "/tmp/x", "x.json", "", None):
         assert not is_registry_name(bad), bad
