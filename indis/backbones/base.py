@@ -21,6 +21,17 @@ import torch
 from ..processes import PREDICTION_TYPES, Process, get_process
 
 Tensor = torch.Tensor
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name) -> torch.dtype:
+    """A torch dtype from its name (float32, float64, float16, bfloat16) or a torch.dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
 
 COND_KINDS = ("none", "class", "text")
 

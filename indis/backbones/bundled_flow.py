@@ -40,8 +40,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..data.digits import load_digits_split
+from ..metrics.fid import EXTRACTOR_NAME, digits_fid, load_digits_features
 from ..processes import FlowOTProcess
-from .base import Backbone, CondSpec
+from ..sampling.guidance import GuidedBackbone
+from ..solvers import sample
+from .base import Backbone, CondSpec, parse_dtype
 from .bundled import ASSETS_DIR, save_grid
 from .convert import atomic_save_json, atomic_torch_save
 from .diffusers import require_diffusers
@@ -210,8 +214,6 @@ def load_bundled_flow(path: Optional[str] = None, compute_dtype: Optional[str] =
                                 "`indis train-flow-backbone`")
     bb = BundledFlowBackbone.from_pretrained_dir(path)
     if compute_dtype is not None:
-        from ..training.teacher import parse_dtype
-
         bb = bb.to(parse_dtype(compute_dtype))
     return bb.eval()
 
@@ -356,7 +358,6 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
     require_diffusers()
     from diffusers import DiTTransformer2DModel
 
-    from ..data.digits import load_digits_split
 
     cfg = config or FlowTrainConfig()
     if min(cfg.steps, cfg.vae_steps, cfg.batch_size, cfg.vae_batch_size) < 1:
@@ -529,8 +530,6 @@ def evaluate_bundled_flow(path: Optional[str] = None, out_dir: Optional[str] = N
     require_diffusers()  # before diffusers' first import (it hides a broken torchvision)
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from ..data.digits import load_digits_split
-    from ..metrics.fid import EXTRACTOR_NAME, digits_fid, load_digits_features
 
     torch.set_num_threads(1)
     paths = bundled_flow_paths(out_dir)
@@ -573,10 +572,6 @@ def evaluate_few_step(path: Optional[str] = None, out_dir: Optional[str] = None,
     samples of INDIS' Euler solver on the shift schedule t' = s t / (1 + (s - 1) t) over [t0, T] (the process's
     range; indis.backbones.flow.default_timesteps), per NFE and shift; merged into bundled_flow_quality.json
     under "few_step_euler"."""
-    from ..data.digits import load_digits_split
-    from ..metrics.fid import digits_fid
-    from ..solvers import sample
-    from ..training.teacher import GuidedBackbone
 
     torch.set_num_threads(1)
     paths = bundled_flow_paths(out_dir)

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..backbones.base import CondSpec
+from ..backbones.base import CondSpec, parse_dtype
 from ..io import TEACHER, atomic_write_json, claim_folder, load_tensors, save_tensors, sha256_file
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.seeds import draw
@@ -33,17 +33,6 @@ from ..solvers import sample
 
 Tensor = torch.Tensor
 FORMAT = "indis-teacher/1"
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def parse_dtype(name) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
 @dataclass
 class TeacherConfig:
     """Settings of a teacher dataset (all recorded in the manifest)."""

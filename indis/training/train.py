@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..backbones.base import CondSpec
+from ..backbones.base import CondSpec, parse_dtype
 from ..baselines import sdm
 from ..baselines.amed import AMEDPlugin, amed_steps
 from ..baselines.common import Sampled, peer_schedule
@@ -54,7 +54,7 @@ from ..sampling.guidance import GuidedBackbone
 from ..sampling.solve import solve
 from ..schedules import get_schedule
 from ..solvers import sample
-from .teacher import TeacherDataset, parse_dtype
+from .teacher import TeacherDataset
 
 Tensor = torch.Tensor
 PEER_METHODS = ("gits", "dmn", "sdm")  # training-free peers (indis.baselines): searched, not trained
