@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from indis.backbones.diffusers import require_diffusers
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ALL_PROCESSES = ["edm", "flow", "vp_linear", "vp_cosine"]
@@ -44,3 +46,13 @@ def small_edm(model_type="SongUNet", label_dim=0, img_channels=3, seed=0):
                 p.normal_(0, 0.3)
     bb.refresh_id()
     return bb
+
+
+@pytest.fixture(scope="session")
+def diffusers():
+    """The diffusers module, or skip. indis.backbones.diffusers.require_diffusers also hides a torchvision build that
+    cannot load beside this torch (it would break diffusers' model imports)."""
+    try:
+        return require_diffusers()
+    except ImportError as e:
+        pytest.skip(str(e))

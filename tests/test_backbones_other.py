@@ -168,18 +168,6 @@ def test_diffusers_missing_gives_install_hint(monkeypatch):
         adapter.DiffusersAdapter(torch.nn.Linear(2, 2), (2,))
 
 
-@pytest.fixture
-def diffusers():
-    """diffusers, or skip. indis.backbones.diffusers.require_diffusers hides a torchvision build that does not match torch
-    (it fails on import with a RuntimeError and would break diffusers' model imports)."""
-    from indis.backbones.diffusers import require_diffusers
-
-    try:
-        return require_diffusers()
-    except ImportError as e:
-        pytest.skip(str(e))
-
-
 def test_diffusers_unet_adapter(tmp_path, diffusers):
     from indis.backbones.diffusers import DiffusersAdapter
 

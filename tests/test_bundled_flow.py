@@ -21,16 +21,6 @@ PIPE = bundled_flow_paths()["pipeline"]
 
 
 @pytest.fixture(scope="module")
-def diffusers():
-    from indis.backbones.diffusers import require_diffusers
-
-    try:
-        return require_diffusers()
-    except ImportError:
-        pytest.skip("diffusers is not installed")
-
-
-@pytest.fixture(scope="module")
 def bb(diffusers):
     torch.set_num_threads(1)
     return load_bundled_flow()

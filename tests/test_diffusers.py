@@ -21,17 +21,6 @@ def test_diffusers_models_import_without_indis():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.fixture
-def diffusers():
-    """diffusers, or skip (indis.backbones.diffusers.require_diffusers also hides a torchvision build that cannot load)."""
-    from indis.backbones.diffusers import require_diffusers
-
-    try:
-        return require_diffusers()
-    except ImportError as e:
-        pytest.skip(str(e))
-
-
 def tiny_unet(diffusers, channels=2, res=8, seed=0, **kw):
     torch.manual_seed(seed)
     return diffusers.UNet2DModel(sample_size=res, in_channels=channels, out_channels=channels, layers_per_block=1,

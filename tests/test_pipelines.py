@@ -13,16 +13,6 @@ from test_diffusers import SD_SCHED, tiny_sd3, tiny_unet, tiny_unet_cond, tiny_v
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture
-def diffusers():
-    from indis.backbones.diffusers import require_diffusers
-
-    try:
-        return require_diffusers()
-    except ImportError as e:
-        pytest.skip(str(e))
-
-
 def random_predictor(bb, nfe=4, seed=0, b_dtau=0.05, b_gamma=0.05):
     """An untrained predictor whose head has random weights, so that every sample gets its own schedule, shifts and
     scales (a zero head gives one schedule for all)."""

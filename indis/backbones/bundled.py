@@ -121,6 +121,21 @@ def plot_loss(history: List[List[float]], path: str, title: str = "bundled digit
     os.replace(tmp, path)
 
 
+
+def warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
+    """Linear learning-rate warm-up over the first warmup_steps steps (step counts from 0)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, halflife_steps: float) -> None:
+    """EMA of the weights after `step` optimizer steps: half-life halflife_steps, faster while step is small
+    (beta = min(0.5^(1/halflife), (1 + step) / (10 + step)))."""
+    beta = min(0.5 ** (1.0 / halflife_steps), (1 + step) / (10 + step))
+    for pe, pn in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(pn.detach(), 1 - beta)
+
 def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bool = True, progress: bool = True,
                   log_every: int = 50, export_dir: Optional[str] = None) -> EDMBackbone:
     """Train the bundled digits backbone. out_dir receives train_state.pt (periodic, atomic); export_dir
@@ -176,14 +191,10 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        warmup_lr(opt, cfg.lr, step, cfg.warmup_steps)
         opt.step()
         step += 1
-        beta = min(0.5 ** (1.0 / cfg.ema_halflife_steps), (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn.detach(), 1 - beta)
+        ema_update(ema, net, step, cfg.ema_halflife_steps)
         history.append([step, loss.item()])
         elapsed = time.time() - t_start
         if bar is not None:

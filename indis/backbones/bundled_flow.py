@@ -46,7 +46,7 @@ from ..processes import FlowOTProcess
 from ..sampling.guidance import GuidedBackbone
 from ..solvers import sample
 from .base import Backbone, CondSpec, parse_dtype
-from .bundled import ASSETS_DIR, save_grid
+from .bundled import ASSETS_DIR, ema_update, save_grid, warmup_lr
 from .convert import atomic_save_json, atomic_torch_save
 from .diffusers import require_diffusers
 from .flow import default_timesteps
@@ -420,14 +420,10 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        warmup_lr(opt, cfg.lr, step, cfg.warmup_steps)
         opt.step()
         step += 1
-        beta = min(0.5 ** (1.0 / cfg.ema_halflife_steps), (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn.detach(), 1 - beta)
+        ema_update(ema, net, step, cfg.ema_halflife_steps)
         history.append([step, loss.item()])
         elapsed = time.time() - t_start
         if bar is not None:
