@@ -192,12 +192,12 @@ def tiny_vae(diffusers, latent_channels=4, seed=3, **kw):
                                    latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **kw).eval()
 
 
-def tiny_sd3(diffusers, seed=0):
+def tiny_sd3(diffusers, seed=0, qk_norm=None):
     torch.manual_seed(seed)
     return diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
                                            caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
-                                           pos_embed_max_size=8).eval()
+                                           pos_embed_max_size=8, qk_norm=qk_norm).eval()
 
 
 def test_load_save_pretrained_model_folder(diffusers, tmp_path):
@@ -593,9 +593,10 @@ def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
         assert (x - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35"])
 def test_text_families_export_to_onnx(diffusers, family):
-    """SDXL (added conditions) and SD3 adapters trace into ONNX with a dynamic batch and agree with torch."""
+    """SDXL (added conditions), SD3 and SD3.5-style (qk_norm="rms_norm": aten::rms_norm, which opset 17 lacks, has a
+    symbolic) adapters trace into ONNX with a dynamic batch and agree with torch."""
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
@@ -604,8 +605,8 @@ def test_text_families_export_to_onnx(diffusers, family):
         bb = DiffusersAdapter.from_pretrained(tiny_unet_cond(diffusers, sdxl=True),
                                               scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), text_seq_len=5)
     else:
-        bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                              text_seq_len=5)
+        bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers, qk_norm="rms_norm" if family == "sd35" else None),
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), text_seq_len=5)
     module, spec = BackboneForExport(bb.eval()), backbone_spec(bb)
     errs = compare_with_torch(module, spec, export_bytes(module, spec))
     assert max(errs.values()) < 1e-4, errs

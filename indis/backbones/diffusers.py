@@ -556,6 +556,18 @@ class DiffusersAdapter(Backbone):
         start = 77 if self.kind == "transformer" and self.text_seq_len > 77 else 0
         return {"seq_len": self.text_seq_len, "dim": self.text_dim, "pooled_dim": self.pooled_dim, "token_start": start}
 
+    def onnx_export_blocker(self) -> Optional[str]:
+        """Why this adapter cannot be exported to ONNX (indis export), or None. FLUX: diffusers' FluxAttnProcessor
+        reshapes the rotary-embedded queries and keys with the traced batch size baked into the graph, so the ONNX
+        backbone fails at any other batch size (aten::rms_norm, its other blocker, has a symbolic in
+        indis.export.onnx_export)."""
+        if self.kind == "flux":
+            return ("FLUX transformers do not export to ONNX yet: the traced graph of diffusers' FluxTransformer2DModel "
+                    "keeps the export's batch size in its rotary-embedding reshapes and fails at any other batch. Sample "
+                    "a FLUX backbone with the torch backend instead: IndisPipeline.from_pipe(pipeline, predictor=...) "
+                    "(one batched call, native loop), or indis.sample on the adapter")
+        return None
+
     def default_timesteps(self, n: int) -> Tensor:
         p = self.process
         if p.name != "flow":
