@@ -176,15 +176,19 @@ def predictor_spec(model) -> ExportSpec:
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _export_mode(module: nn.Module):
-    """eval(), no grad, and unbounded GMM chunking (a Python loop over batch chunks would be traced for one
-    chunk of the sample batch; with one chunk the graph is valid for every batch size)."""
+    """eval(), no grad, unbounded GMM chunking (a Python loop over batch chunks would be traced for one
+    chunk of the sample batch; with one chunk the graph is valid for every batch size), and the `export_context()`
+    of every submodule that has one (DiffusersAdapter: FLUX's batch-free rotary embedding)."""
     saved = [(m, m.chunk) for m in module.modules() if isinstance(m, GMMBackbone)]
     was_training = module.training
     try:
         for m, _ in saved:
             m.chunk = 1 << 62
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for m in module.modules():
+                if callable(getattr(m, "export_context", None)):
+                    stack.enter_context(m.export_context())
             yield
     finally:
         for m, c in saved:

@@ -78,10 +78,6 @@ def export_folder(model, backbone, out, *, backbone_spec_str: Optional[str] = No
     profile = dict(profile or DEFAULT_PROFILE)
     check_profile(profile)
     _check_pair(model, backbone)
-    blocker = getattr(backbone, "onnx_export_blocker", None)
-    reason = blocker() if callable(blocker) else None
-    if reason:  # before the folder is claimed: nothing that looks like an export is left behind
-        raise ValueError(reason)
     if sigmas_seeds is not None:  # before any file is written: sigmas.json needs each seed's condition
         check_prompt_table(backbone, prompt_table, "sigmas.json (--sigmas-seeds)")
     claim_folder(out, EXPORT, "export")

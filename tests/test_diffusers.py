@@ -593,10 +593,12 @@ def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
         assert (x - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35", "flux"])
 def test_text_families_export_to_onnx(diffusers, family):
-    """SDXL (added conditions), SD3 and SD3.5-style (qk_norm="rms_norm": aten::rms_norm, which opset 17 lacks, has a
-    symbolic) adapters trace into ONNX with a dynamic batch and agree with torch."""
+    """SDXL (added conditions), SD3, SD3.5-style (qk_norm="rms_norm": aten::rms_norm, which opset 17 lacks, has a
+    symbolic) and FLUX (rms_norm, and diffusers' rotary embedding, which the tracer records with the export's batch
+    size, replaced while tracing by an equal batch-free one) adapters trace into ONNX with a dynamic batch and agree
+    with torch at batch sizes other than the traced one."""
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
@@ -604,12 +606,28 @@ def test_text_families_export_to_onnx(diffusers, family):
     if family == "sdxl":
         bb = DiffusersAdapter.from_pretrained(tiny_unet_cond(diffusers, sdxl=True),
                                               scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), text_seq_len=5)
+    elif family == "flux":
+        import diffusers.models.transformers.transformer_flux as flux_module
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        from indis.backbones.diffusers import rotary_emb_traceable
+
+        g = torch.Generator().manual_seed(0)
+        x, cos, sin = torch.randn(3, 22, 2, 8, generator=g), torch.randn(22, 8, generator=g), torch.randn(22, 8, generator=g)
+        for dim in (1, 2):
+            xx = x if dim == 1 else x.transpose(1, 2)
+            assert torch.equal(rotary_emb_traceable(xx, (cos, sin), sequence_dim=dim),
+                               apply_rotary_emb(xx, (cos, sin), sequence_dim=dim))
+        bb = DiffusersAdapter.from_pretrained(tiny_flux(diffusers), data_shape=(4, 8, 8), text_seq_len=6,
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     else:
         bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers, qk_norm="rms_norm" if family == "sd35" else None),
                                               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), text_seq_len=5)
     module, spec = BackboneForExport(bb.eval()), backbone_spec(bb)
     errs = compare_with_torch(module, spec, export_bytes(module, spec))
     assert max(errs.values()) < 1e-4, errs
+    if family == "flux":  # the export context is left
+        assert flux_module.apply_rotary_emb is apply_rotary_emb
 
 
 def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):

@@ -29,6 +29,7 @@ directory or are built by the caller.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -236,6 +237,31 @@ def model_output_to_indis(out: Tensor, x: Tensor, t: Tensor, process, model_pred
         return out
     tt = torch.as_tensor(t, device=x.device).to(x.dtype)
     return _bcast(process.alpha(tt), x) * out + _bcast(process.sigma(tt), x) * x
+
+
+def rotary_emb_traceable(x: Tensor, freqs_cis, use_real: bool = True, use_real_unbind_dim: int = -1,
+                         sequence_dim: int = 2) -> Tensor:
+    """diffusers' apply_rotary_emb (use_real, interleaved pairs: FLUX) without reshapes of x: the pair rotation
+    (x0, x1) -> (-x1, x0) is x @ R with R a signed permutation matrix, so the traced ONNX graph keeps a dynamic
+    batch. Equal to diffusers' function (the products with R are exact); other modes go to diffusers'."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    if not use_real or use_real_unbind_dim != -1:
+        return apply_rotary_emb(x, freqs_cis, use_real, use_real_unbind_dim, sequence_dim)
+    cos, sin = freqs_cis  # [S, D]
+    if sequence_dim == 2:
+        cos, sin = cos[None, None], sin[None, None]
+    elif sequence_dim == 1:
+        cos, sin = cos[None, :, None], sin[None, :, None]
+    else:
+        raise ValueError(f"`sequence_dim={sequence_dim}` but should be 1 or 2.")
+    d = x.shape[-1]
+    rot = torch.zeros(d, d, dtype=torch.float32, device=x.device)
+    even = torch.arange(0, d, 2, device=x.device)
+    rot[even + 1, even] = -1.0  # out[2i] = -x[2i+1]
+    rot[even, even + 1] = 1.0  # out[2i+1] = x[2i]
+    xf = x.float()
+    return (xf * cos.to(x.device) + (xf @ rot) * sin.to(x.device)).to(x.dtype)
 
 
 def _read_json(path: str) -> Optional[Dict]:
@@ -556,17 +582,24 @@ class DiffusersAdapter(Backbone):
         start = 77 if self.kind == "transformer" and self.text_seq_len > 77 else 0
         return {"seq_len": self.text_seq_len, "dim": self.text_dim, "pooled_dim": self.pooled_dim, "token_start": start}
 
-    def onnx_export_blocker(self) -> Optional[str]:
-        """Why this adapter cannot be exported to ONNX (indis export), or None. FLUX: diffusers' FluxAttnProcessor
-        reshapes the rotary-embedded queries and keys with the traced batch size baked into the graph, so the ONNX
-        backbone fails at any other batch size (aten::rms_norm, its other blocker, has a symbolic in
-        indis.export.onnx_export)."""
-        if self.kind == "flux":
-            return ("FLUX transformers do not export to ONNX yet: the traced graph of diffusers' FluxTransformer2DModel "
-                    "keeps the export's batch size in its rotary-embedding reshapes and fails at any other batch. Sample "
-                    "a FLUX backbone with the torch backend instead: IndisPipeline.from_pipe(pipeline, predictor=...) "
-                    "(one batched call, native loop), or indis.sample on the adapter")
-        return None
+    @contextlib.contextmanager
+    def export_context(self):
+        """Entered by indis.export.onnx_export while tracing. FLUX: diffusers' apply_rotary_emb rotates the query and
+        key pairs with x.reshape(*x.shape[:-1], -1, 2), which the TorchScript exporter records with the traced batch
+        size as a constant (the graph then fails at any other batch); inside this context FluxTransformer2DModel
+        uses `rotary_emb_traceable`, the same rotation as a product with a signed permutation matrix (exact: one
+        +-1 per column), whose graph has no shapes. Other kinds: nothing changes."""
+        if self.kind != "flux":
+            yield
+            return
+        import diffusers.models.transformers.transformer_flux as flux_module
+
+        original = flux_module.apply_rotary_emb
+        flux_module.apply_rotary_emb = rotary_emb_traceable
+        try:
+            yield
+        finally:
+            flux_module.apply_rotary_emb = original
 
     def default_timesteps(self, n: int) -> Tensor:
         p = self.process
