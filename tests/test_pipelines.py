@@ -493,3 +493,54 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
         assert torch.equal(xt, x_T) and torch.equal(c, cond)
         close(x0, want1, 1e-3)
     capsys.readouterr()
+
+
+LTX_FACTORY = """import diffusers
+import torch
+
+from indis.backbones.diffusers import DiffusersAdapter
+from test_diffusers import LTX_SCHED, tiny_ltx
+
+
+def backbone():
+    return DiffusersAdapter.from_pretrained(tiny_ltx(diffusers), data_shape=(4, 3, 4, 4), text_seq_len=5,
+                                            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX_SCHED)).eval()
+"""
+
+
+def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, monkeypatch):
+    """LTX-Video's transformer (5-D latents [B, C, F, H, W]) through `indis teacher` (prompt table) -> `indis train`
+    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample."""
+    from pathlib import Path
+
+    from indis.cli import main
+    from indis.engines.spec import resolve_backbone
+    from indis.io import save_tensors
+    from indis.pipelines import IndisPipeline
+    from indis.sampling.load import load_predictor
+    from indis.sampling.seeds import draw
+    from indis.training.teacher import load_teacher
+
+    (tmp_path / "ltxbb.py").write_text(LTX_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the factory builds its model with test_diffusers
+    bb = resolve_backbone("ltxbb:backbone")
+    assert bb.kind == "video" and bb.data_shape == (4, 3, 4, 4)
+    table = torch.randn(3, bb.cond_spec.dim, generator=torch.Generator().manual_seed(0))
+    save_tensors(tmp_path / "table.safetensors", {"table": table})
+    d = str(tmp_path)
+    common = ["--backbone", "ltxbb:backbone", "--no-progress", "--threads", "1"]
+    assert main(["teacher", *common, "--out", f"{d}/t", "--count", "6", "--steps", "4",
+                 "--prompt-table", f"{d}/table.safetensors"]) == 0
+    ds = load_teacher(f"{d}/t", bb.backbone_id)
+    assert ds.x0.shape == (6, 4, 3, 4, 4) and ds.prompt_index is not None
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "2",
+                 "--batch-size", "3", "--hidden", "16", "--conv-width", "8"]) == 0
+    pred, _ = load_predictor(f"{d}/r/predictor.safetensors", bb.backbone_id)
+    seeds = [0, 1, 2]
+    x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec, table)
+    ip = IndisPipeline.from_pipe(bb, predictor=pred, solver="ipndm")
+    out = ip(prompt_embeds=cond.reshape(3, bb.text_seq_len, bb.text_dim), seeds=seeds, output_type="latent")
+    assert out.images.shape == (3, 4, 3, 4, 4)
+    close(out.images, per_sample(bb, pred, x_T, cond, "ipndm"))
+    capsys.readouterr()
