@@ -383,7 +383,8 @@ def _vae_scale_factor(vae) -> int:
 class DiffusersAdapter(Backbone):
     """Backbone over a diffusers denoiser.
 
-    model: a diffusers denoiser; kind (how it is called, see KINDS: "unet", "unet_text", "transformer", "flux") is
+    model: a diffusers denoiser; kind (how it is called, see KINDS: "unet", "unet_text", "transformer", "flux",
+      "video") is
       read from the class name unless given.
     data_shape: [C, H, W] of one sample (latents for latent models); [C, F, H, W] for a video transformer.
     scheduler: the model's diffusers scheduler (object, config dict or scheduler_config.json path). A DDPM-style
@@ -396,7 +397,7 @@ class DiffusersAdapter(Backbone):
       "x0", "velocity"); default from the scheduler, else "velocity" for flow and "epsilon" otherwise.
     timestep_scale: call the network at t * timestep_scale instead (a continuous-time model; 1000 for SD3-style flow
       models, the default of flow; 1 for FLUX, whose transformer multiplies by 1000 itself).
-    text_seq_len / text_dim / pooled_dim: the text condition layout of "unet_text", "transformer" and "flux"; the
+    text_seq_len / text_dim / pooled_dim: the text condition layout of "unet_text", "transformer", "flux", "video"; the
       condition is pack_text_cond(encoder_hidden_states [B, L, text_dim], pooled [B, pooled_dim]) (pooled: SD3,
       FLUX, SDXL's text_embeds; none for SD 1.x/2.x).
     time_ids: SDXL's added (original H, W, crop top, left, target H, W) in pixels (default: 8 x the latent size).
