@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.onnx import symbolic_helper
 
 from ..backbones.gmm import GMMBackbone
 from ..io import atomic_write_bytes
@@ -175,15 +176,19 @@ def predictor_spec(model) -> ExportSpec:
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _export_mode(module: nn.Module):
-    """eval(), no grad, and unbounded GMM chunking (a Python loop over batch chunks would be traced for one
-    chunk of the sample batch; with one chunk the graph is valid for every batch size)."""
+    """eval(), no grad, unbounded GMM chunking (a Python loop over batch chunks would be traced for one
+    chunk of the sample batch; with one chunk the graph is valid for every batch size), and the `export_context()`
+    of every submodule that has one (DiffusersAdapter: FLUX's batch-free rotary embedding)."""
     saved = [(m, m.chunk) for m in module.modules() if isinstance(m, GMMBackbone)]
     was_training = module.training
     try:
         for m, _ in saved:
             m.chunk = 1 << 62
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for m in module.modules():
+                if callable(getattr(m, "export_context", None)):
+                    stack.enter_context(m.export_context())
             yield
     finally:
         for m, c in saved:
@@ -195,7 +200,7 @@ _SYMBOLICS_REGISTERED = False
 
 
 def _register_symbolics(opset: int) -> None:
-    """ONNX symbolics for aten ops the TorchScript exporter lacks (used by the VP processes):
+    """ONNX symbolics for aten ops the TorchScript exporter lacks (used by the VP processes, and rms_norm below):
     logaddexp(a, b) = max(a, b) + log(1 + exp(-|a - b|)) (stable), expm1(x) = exp(x) - 1 and
     log1p(x) = log(1 + x), with TensorRT-supported ops only. ONNX has no expm1/log1p; in float32 the plain
     forms lose relative accuracy only where |x| < ~1e-4, which the VP schedules do not reach (t >= t0)."""
@@ -217,10 +222,31 @@ def _register_symbolics(opset: int) -> None:
         one = g.op("Constant", value_t=torch.tensor(1.0))
         return g.op("Log", g.op("Add", x, g.op("CastLike", one, x)))
 
+    def rms_norm(opset_version):
+        def fn(g, x, normalized_shape, weight, eps):
+            """aten::rms_norm (FLUX's and SD3.5's QK norms): x / sqrt(mean(x^2 over the normalized dims) + eps) * weight,
+            eps defaulting to torch's finfo(x.dtype).eps, as torch.nn.functional.rms_norm."""
+            shape = symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")
+            axes = list(range(-len(shape), 0))
+            e = None if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
+            if e is None:
+                st = x.type().scalarType() if x.type() is not None else None
+                e = torch.finfo({"Half": torch.float16, "BFloat16": torch.bfloat16, "Double": torch.float64}.get(st, torch.float32)).eps
+            sq = g.op("Mul", x, x)
+            if opset_version < 18:
+                ms = g.op("ReduceMean", sq, axes_i=axes, keepdims_i=1)
+            else:
+                ms = g.op("ReduceMean", sq, g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64)), keepdims_i=1)
+            eps_c = g.op("CastLike", g.op("Constant", value_t=torch.tensor(float(e))), x)
+            y = g.op("Mul", x, g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, eps_c))))
+            return y if symbolic_helper._is_none(weight) else g.op("Mul", y, weight)
+        return fn
+
     for v in range(DEFAULT_OPSET, 21):
         torch.onnx.register_custom_op_symbolic("aten::logaddexp", logaddexp, v)
         torch.onnx.register_custom_op_symbolic("aten::expm1", expm1, v)
         torch.onnx.register_custom_op_symbolic("aten::log1p", log1p, v)
+        torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm(v), v)
     _SYMBOLICS_REGISTERED = True
 
 

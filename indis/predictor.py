@@ -2,6 +2,7 @@
 
   * vector priors (data_shape [D]): an MLP;
   * image priors ([C, H, W]): average-pooled to at most 32x32, then a small strided-conv encoder;
+  * video priors ([C, F, H, W]): the same encoder with the F frames folded into C * F channels;
   * class labels: one-hot scaled by 1/sqrt(label_dim) through a linear layer, added to the features;
   * text: a pooled embedding (mean-pooled T5 tokens concatenated with the CLIP pooled vector, see
     `pool_text`) through a linear layer, added to the features.
@@ -64,6 +65,8 @@ class _ImageEncoder(nn.Module):
         self.out = nn.Sequential(nn.AdaptiveAvgPool2d(min(4, r)), nn.Flatten(), nn.Linear(c * min(4, r) ** 2, hidden), nn.SiLU())
 
     def forward(self, x):
+        if x.dim() == 5:  # a video [B, C, F, H, W]: frames folded into channels
+            x = x.flatten(1, 2)
         if self.pool > 1:
             x = nn.functional.avg_pool2d(x, self.pool)
         return self.out(self.convs(x))
@@ -119,8 +122,12 @@ class Predictor(nn.Module):
                 if self.data_shape[1] != self.data_shape[2]:
                     raise ValueError(f"image priors must be square, got {self.data_shape}")
                 self.encoder = _ImageEncoder(self.data_shape[0], self.data_shape[1], hidden, conv_width)
+            elif len(self.data_shape) == 4:  # video latents [C, F, H, W]: the F frames' channels side by side
+                if self.data_shape[2] != self.data_shape[3]:
+                    raise ValueError(f"video priors must have square frames, got {self.data_shape}")
+                self.encoder = _ImageEncoder(self.data_shape[0] * self.data_shape[1], self.data_shape[2], hidden, conv_width)
             else:
-                raise ValueError(f"data_shape must be [D] or [C, H, W], got {self.data_shape}")
+                raise ValueError(f"data_shape must be [D], [C, H, W] or [C, F, H, W], got {self.data_shape}")
         if cond_spec.kind != "none" and self.use_cond:
             in_dim = cond_spec.dim if self.text_pool is None else self.text_pool["dim"] + self.text_pool["pooled_dim"]
             self.cond_proj = nn.Linear(in_dim, hidden)

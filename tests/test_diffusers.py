@@ -181,12 +181,12 @@ def tiny_vae(diffusers, latent_channels=4, seed=3, **kw):
                                    latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **kw).eval()
 
 
-def tiny_sd3(diffusers, seed=0):
+def tiny_sd3(diffusers, seed=0, qk_norm=None):
     torch.manual_seed(seed)
     return diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
                                            caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
-                                           pos_embed_max_size=8).eval()
+                                           pos_embed_max_size=8, qk_norm=qk_norm).eval()
 
 
 def test_load_save_pretrained_model_folder(diffusers, tmp_path):
@@ -582,9 +582,12 @@ def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
         assert (x - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35", "flux"])
 def test_text_families_export_to_onnx(diffusers, family):
-    """SDXL (added conditions) and SD3 adapters trace into ONNX with a dynamic batch and agree with torch."""
+    """SDXL (added conditions), SD3, SD3.5-style (qk_norm="rms_norm": aten::rms_norm, which opset 17 lacks, has a
+    symbolic) and FLUX (rms_norm, and diffusers' rotary embedding, which the tracer records with the export's batch
+    size, replaced while tracing by an equal batch-free one) adapters trace into ONNX with a dynamic batch and agree
+    with torch at batch sizes other than the traced one."""
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
@@ -592,12 +595,28 @@ def test_text_families_export_to_onnx(diffusers, family):
     if family == "sdxl":
         bb = DiffusersAdapter.from_pretrained(tiny_unet_cond(diffusers, sdxl=True),
                                               scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), text_seq_len=5)
+    elif family == "flux":
+        import diffusers.models.transformers.transformer_flux as flux_module
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        from indis.backbones.diffusers import rotary_emb_traceable
+
+        g = torch.Generator().manual_seed(0)
+        x, cos, sin = torch.randn(3, 22, 2, 8, generator=g), torch.randn(22, 8, generator=g), torch.randn(22, 8, generator=g)
+        for dim in (1, 2):
+            xx = x if dim == 1 else x.transpose(1, 2)
+            assert torch.equal(rotary_emb_traceable(xx, (cos, sin), sequence_dim=dim),
+                               apply_rotary_emb(xx, (cos, sin), sequence_dim=dim))
+        bb = DiffusersAdapter.from_pretrained(tiny_flux(diffusers), data_shape=(4, 8, 8), text_seq_len=6,
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     else:
-        bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                              text_seq_len=5)
+        bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers, qk_norm="rms_norm" if family == "sd35" else None),
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), text_seq_len=5)
     module, spec = BackboneForExport(bb.eval()), backbone_spec(bb)
     errs = compare_with_torch(module, spec, export_bytes(module, spec))
     assert max(errs.values()) < 1e-4, errs
+    if family == "flux":  # the export context is left
+        assert flux_module.apply_rotary_emb is apply_rotary_emb
 
 
 def test_cli_pipeline_folder_end_to_end(diffusers, tmp_path, capsys):
@@ -671,3 +690,71 @@ def test_export_sigmas_of_a_text_model_with_a_prompt_table(diffusers, tmp_path, 
     assert [r["prompt_index"] for r in doc["samples"]] == want and len(set(want)) > 1
     assert doc["prompt_table"] == {"count": 3, "sha256": prompt_table_sha256(table)}
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------------
+# video: LTX-Video's transformer on 5-D latents [B, C, F, H, W]
+# ------------------------------------------------------------------------------------------------
+def tiny_ltx(diffusers, seed=0):
+    torch.manual_seed(seed)
+    return diffusers.LTXVideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
+                                                num_attention_heads=2,
+                                                attention_head_dim=8, cross_attention_dim=16, num_layers=1,
+                                                caption_channels=16).eval()
+
+
+LTX_SCHED = dict(use_dynamic_shifting=True, base_image_seq_len=1024, max_image_seq_len=4096, base_shift=0.95,
+                 max_shift=2.05)  # LTX-Video's scheduler_config
+
+
+def test_ltx_video_transformer_equals_a_direct_diffusers_call(diffusers):
+    """LTXVideoTransformer3DModel: the adapter packs [B, C, F, H, W] latents to tokens, calls the transformer at
+    timestep 1000 sigma with LTXPipeline's rope interpolation scale and an all-ones text mask, and unpacks, exactly
+    as LTXPipeline (_pack_latents / _unpack_latents); dynamic shifting is keyed on F * H * W tokens."""
+    from diffusers import LTXPipeline
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    from indis.backbones.diffusers import DiffusersAdapter, pack_text_cond
+
+    model = tiny_ltx(diffusers)
+    bb = DiffusersAdapter.from_pretrained(model, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX_SCHED),
+                                          data_shape=(4, 3, 6, 6), text_seq_len=5)
+    assert bb.kind == "video" and bb.cond_spec.dim == 5 * 16 and bb.process.name == "flow"
+    assert bb.shift == pytest.approx(math.exp(calculate_shift(3 * 6 * 6, 1024, 4096, 0.95, 2.05)))
+    g = torch.Generator().manual_seed(0)
+    x, ehs, t = torch.randn(2, 4, 3, 6, 6, generator=g), torch.randn(2, 5, 16, generator=g), torch.tensor([0.7, 0.2])
+    with torch.no_grad():
+        v = model(hidden_states=LTXPipeline._pack_latents(x, 1, 1), encoder_hidden_states=ehs, timestep=1000 * t,
+                  encoder_attention_mask=torch.ones(2, 5), num_frames=3, height=6, width=6,
+                  rope_interpolation_scale=(8 / 25, 32, 32), return_dict=False)[0]
+        want = LTXPipeline._unpack_latents(v, 3, 6, 6, 1, 1)
+        assert torch.equal(bb.predict(x, t, pack_text_cond(ehs)), want)
+        assert bb(x, t, pack_text_cond(ehs)).shape == (2, 4, 3, 6, 6)
+    with pytest.raises(ValueError, match=r"\[C, F, H, W\]"):
+        DiffusersAdapter.from_pretrained(model, data_shape=(4, 6, 6), text_seq_len=5)
+    with pytest.raises(ValueError, match=r"data_shape=\(C, F, H, W\)"):
+        DiffusersAdapter.from_pretrained(model, text_seq_len=5)
+
+
+def test_predictor_takes_video_priors_and_keeps_images_unchanged():
+    """phi's encoder takes [B, C, F, H, W] (frames folded into channels); for [C, H, W] it is the same module with
+    the same parameters and outputs as before (the 5-D branch is not entered)."""
+    from indis.backbones.base import CondSpec
+    from indis.discretization import DiscretizationParam
+    from indis.predictor import Predictor
+    from indis.processes import get_process
+
+    param = DiscretizationParam(get_process("flow"), 3)
+    torch.manual_seed(0)
+    video = Predictor(param, (4, 3, 8, 8), CondSpec("text", 6), hidden=16, conv_width=8)
+    assert video.encoder.convs[0].in_channels == 12
+    x = torch.randn(2, 4, 3, 8, 8)
+    d = video(x, torch.randn(2, 6))
+    assert d.timesteps.shape == (2, 4)
+    feat = video.encoder(x)
+    assert torch.equal(feat, video.encoder(x.flatten(1, 2)))
+    torch.manual_seed(0)
+    img = Predictor(param, (4, 8, 8), CondSpec("text", 6), hidden=16, conv_width=8)
+    assert [k for k in img.state_dict()] == [k for k in video.state_dict()]
+    with pytest.raises(ValueError, match="square frames"):
+        Predictor(param, (4, 3, 8, 6), hidden=16)

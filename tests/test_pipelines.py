@@ -387,3 +387,150 @@ def test_predictor_takes_pooled_text(diffusers, tmp_path):
     close(out.images, per_sample(bb, again, prior_noise([0, 1], bb.data_shape, bb.process.prior_std()), pack_text_cond(ehs, pooled), "ipndm", 2.0))
     with pytest.raises(ValueError, match="does not fit"):
         type(model)(model.param, bb.data_shape, bb.cond_spec, text_pool={**bb.text_pooling(), "dim": 8})
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole chain per family: pipeline folder -> teacher -> train -> batched call -> export -> export folder
+# ------------------------------------------------------------------------------------------------
+def family_pipe(diffusers, family):
+    """A tiny random pipeline of the family, saved without text encoders (conditions come from a prompt table)."""
+    pytest.importorskip("transformers")
+    from test_diffusers import tiny_flux
+
+    none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    if family == "sd3":
+        return sd3_pipe(diffusers)
+    if family == "sdxl":
+        return diffusers.StableDiffusionXLPipeline(vae=tiny_vae(diffusers), unet=tiny_unet_cond(diffusers, sdxl=True),
+                                                   scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHED), **none)
+    return diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+                                  vae=tiny_vae(diffusers), transformer=tiny_flux(diffusers), **none)
+
+
+# FLUX's folder has no latent size (the pipeline takes height / width per call) and a 512-token default: the CLI
+# names it through a module:function backbone that passes data_shape / text_seq_len, as a user would
+FLUX_FACTORY = """from indis.backbones.diffusers import DiffusersAdapter
+
+
+def backbone():
+    return DiffusersAdapter.from_pretrained({path!r}, data_shape=(4, 8, 8), text_seq_len=6).eval()
+"""
+
+
+@pytest.mark.parametrize("family", ["sd3", "sdxl", "flux"])
+def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tmp_path, capsys, monkeypatch):
+    """Done-when of issue 12, per family (SD3 transformer, SDXL UNet with added conditions, FLUX transformer): a
+    tiny pipeline folder -> `indis teacher` with a prompt table -> `indis train` -> IndisPipeline's batched call
+    (prompt embeddings = the table rows each seed drew) equals indis.sample per sample (tolerance: `close`) ->
+    `indis export --prompt-table` -> samples from the export folder (ONNX Runtime; native loop over the torch
+    network) equal indis.sample (same tolerance; measured: at most 5e-7 relative). FLUX exports with its batch-free rotary embedding
+    (DiffusersAdapter.export_context) and the aten::rms_norm symbolic."""
+    pytest.importorskip("onnxruntime")
+    from indis.backbones.diffusers import DiffusersAdapter
+    from indis.cli import main
+    from indis.engines.loader import sample_seeds
+    from indis.io import load_tensors, save_tensors
+    from indis.native import native_available
+    from indis.pipelines import IndisPipeline
+    from indis.sampling.load import load_predictor
+    from indis.sampling.seeds import draw, unit_noise_and_index
+    from indis.training.teacher import load_teacher
+
+    folder = tmp_path / family
+    family_pipe(diffusers, family).save_pretrained(str(folder))
+    extra = {}
+    if family == "flux":
+        (tmp_path / "fluxbb.py").write_text(FLUX_FACTORY.format(path=str(folder)))
+        monkeypatch.chdir(tmp_path)
+        spec, extra = "fluxbb:backbone", dict(data_shape=(4, 8, 8), text_seq_len=6)
+    else:
+        spec = f"diffusers:{folder}"
+    bb = DiffusersAdapter.from_pretrained(str(folder), **extra).eval()
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(3, bb.cond_spec.dim, generator=g)  # 3 packed prompt conditions [L * D + pooled]
+    save_tensors(tmp_path / "table.safetensors", {"table": table})
+    d = str(tmp_path)
+    common = ["--backbone", spec, "--no-progress", "--threads", "1"]
+    assert main(["teacher", *common, "--out", f"{d}/t", "--count", "6", "--steps", "4", "--cfg-scale", "1.5",
+                 "--prompt-table", f"{d}/table.safetensors"]) == 0
+    ds = load_teacher(f"{d}/t", bb.backbone_id)
+    want_idx = unit_noise_and_index(list(range(6)), bb.data_shape, 3)[1]
+    assert torch.equal(ds.prompt_index, want_idx) and torch.equal(ds.cond, table[want_idx])
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "2",
+                 "--batch-size", "3", "--hidden", "16", "--conv-width", "8", "--cfg-scale", "1.5"]) == 0
+    pred, _ = load_predictor(f"{d}/r/predictor.safetensors", bb.backbone_id)
+
+    # the batched call: prompt embeddings are the table rows the seeds draw, as in `indis sample`
+    seeds = [0, 1, 2, 3]
+    x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec, table)
+    n_seq = bb.text_seq_len * bb.text_dim
+    pe, pp = cond[:, :n_seq].reshape(len(seeds), bb.text_seq_len, bb.text_dim), cond[:, n_seq:]
+    ip = IndisPipeline.from_pipe(str(folder), predictor=f"{d}/r/predictor.safetensors", **extra)
+    assert ip.guidance_scale == 1.5
+    out = ip(prompt_embeds=pe, pooled_prompt_embeds=pp, seeds=seeds, output_type="latent")
+    want = per_sample(bb, pred, x_T, cond, "ipndm", 1.5)
+    close(out.images, want)
+
+    export = ["export", "--backbone", spec, "--predictor", f"{d}/r/predictor.safetensors", "--out", f"{d}/e",
+              "--prompt-table", f"{d}/table.safetensors", "--threads", "1"]
+    assert main(export) == 0
+    # the export was made at guidance 1 (the training scale is a sampling option): compare unguided
+    want1 = per_sample(bb, pred, x_T, cond, "ipndm")
+    backends = ("ort", "native") if native_available() else ("ort",)
+    for backend in backends:
+        x0, disc, xt, c, _ = sample_seeds(f"{d}/e", seeds, backend=backend, table=table,
+                                          backbone=bb if backend == "native" else None, threads=1)
+        assert torch.equal(xt, x_T) and torch.equal(c, cond)
+        close(x0, want1)
+    capsys.readouterr()
+
+
+LTX_FACTORY = """import diffusers
+import torch
+
+from indis.backbones.diffusers import DiffusersAdapter
+from test_diffusers import LTX_SCHED, tiny_ltx
+
+
+def backbone():
+    return DiffusersAdapter.from_pretrained(tiny_ltx(diffusers), data_shape=(4, 3, 4, 4), text_seq_len=5,
+                                            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX_SCHED)).eval()
+"""
+
+
+def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, monkeypatch):
+    """LTX-Video's transformer (5-D latents [B, C, F, H, W]) through `indis teacher` (prompt table) -> `indis train`
+    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample."""
+    from pathlib import Path
+
+    from indis.cli import main
+    from indis.engines.spec import resolve_backbone
+    from indis.io import save_tensors
+    from indis.pipelines import IndisPipeline
+    from indis.sampling.load import load_predictor
+    from indis.sampling.seeds import draw
+    from indis.training.teacher import load_teacher
+
+    (tmp_path / "ltxbb.py").write_text(LTX_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the factory builds its model with test_diffusers
+    bb = resolve_backbone("ltxbb:backbone")
+    assert bb.kind == "video" and bb.data_shape == (4, 3, 4, 4)
+    table = torch.randn(3, bb.cond_spec.dim, generator=torch.Generator().manual_seed(0))
+    save_tensors(tmp_path / "table.safetensors", {"table": table})
+    d = str(tmp_path)
+    common = ["--backbone", "ltxbb:backbone", "--no-progress", "--threads", "1"]
+    assert main(["teacher", *common, "--out", f"{d}/t", "--count", "6", "--steps", "4",
+                 "--prompt-table", f"{d}/table.safetensors"]) == 0
+    ds = load_teacher(f"{d}/t", bb.backbone_id)
+    assert ds.x0.shape == (6, 4, 3, 4, 4) and ds.prompt_index is not None
+    assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "2",
+                 "--batch-size", "3", "--hidden", "16", "--conv-width", "8"]) == 0
+    pred, _ = load_predictor(f"{d}/r/predictor.safetensors", bb.backbone_id)
+    seeds = [0, 1, 2]
+    x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec, table)
+    ip = IndisPipeline.from_pipe(bb, predictor=pred, solver="ipndm")
+    out = ip(prompt_embeds=cond.reshape(3, bb.text_seq_len, bb.text_dim), seeds=seeds, output_type="latent")
+    assert out.images.shape == (3, 4, 3, 4, 4)
+    close(out.images, per_sample(bb, pred, x_T, cond, "ipndm"))
+    capsys.readouterr()

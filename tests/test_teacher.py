@@ -119,3 +119,45 @@ def test_guidance_combines_conditional_and_null_calls():
     assert torch.allclose(out, torch.tensor([[11.0, 1.0], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="conditional backbone"):
         GuidedBackbone(ImageGMM(channels=1, res=2, components=2), 2.0)
+
+
+def _text_toy():
+    """A tiny text-conditional backbone: eps = tanh(x + mean of the condition)."""
+    from indis.backbones.base import Backbone
+
+    class TextToy(Backbone):
+        def __init__(self):
+            super().__init__("flow", "velocity", (2, 2), CondSpec("text", 6))
+            self.w = torch.nn.Parameter(torch.tensor([0.5]))
+
+        def predict(self, x, t, cond):
+            return torch.tanh(self.w * x + cond.mean(1).view(-1, 1, 1))
+
+    return TextToy()
+
+
+def test_text_teacher_stores_prompt_table_and_each_seeds_prompt_index(tmp_path):
+    """A text model's teacher set keeps the prompt table (sha256 in the manifest) and, per row, the index of the
+    prompt its seed drew (the same draw as indis.sampling.seeds); loading checks that the indices pick the stored
+    conditions from the table."""
+    from indis.io import load_tensors, save_tensors
+    from indis.sampling.seeds import unit_noise_and_index
+
+    bb = _text_toy()
+    table = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    x, c, idx = draw([0, 1, 2, 3], (2, 2), 1.0, CondSpec("text", 6), table, with_index=True)
+    assert torch.equal(c, table[idx]) and torch.equal(idx, unit_noise_and_index([0, 1, 2, 3], (2, 2), 3)[1])
+    assert torch.equal(x, draw([0, 1, 2, 3], (2, 2), 1.0, CondSpec("text", 6), table)[0])
+    m = generate_teacher(bb, tmp_path / "t", TeacherConfig(count=7, shard_size=4, steps=4, batch_size=3), table, progress=False)
+    assert len(m["prompt_table_sha256"]) == 64
+    ds = load_teacher(tmp_path / "t", bb)
+    want = unit_noise_and_index(list(range(7)), (2, 2), 3)[1]
+    assert torch.equal(ds.prompt_index, want) and len(set(want.tolist())) > 1
+    assert torch.equal(ds.table, table) and torch.equal(ds.cond, table[want])
+    # a shard whose indices do not pick its conditions is refused
+    f = tmp_path / "t" / "shard_00001.safetensors"
+    t, meta = load_tensors(f)
+    t["prompt_index"] = (t["prompt_index"] + 1) % 3
+    save_tensors(f, t, meta)
+    with pytest.raises(ValueError, match="prompt_index"):
+        load_teacher(tmp_path / "t", bb, verify=False)

@@ -29,6 +29,7 @@ directory or are built by the caller.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -238,6 +239,31 @@ def model_output_to_indis(out: Tensor, x: Tensor, t: Tensor, process, model_pred
     return _bcast(process.alpha(tt), x) * out + _bcast(process.sigma(tt), x) * x
 
 
+def rotary_emb_traceable(x: Tensor, freqs_cis, use_real: bool = True, use_real_unbind_dim: int = -1,
+                         sequence_dim: int = 2) -> Tensor:
+    """diffusers' apply_rotary_emb (use_real, interleaved pairs: FLUX) without reshapes of x: the pair rotation
+    (x0, x1) -> (-x1, x0) is x @ R with R a signed permutation matrix, so the traced ONNX graph keeps a dynamic
+    batch. Equal to diffusers' function (the products with R are exact); other modes go to diffusers'."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    if not use_real or use_real_unbind_dim != -1:
+        return apply_rotary_emb(x, freqs_cis, use_real, use_real_unbind_dim, sequence_dim)
+    cos, sin = freqs_cis  # [S, D]
+    if sequence_dim == 2:
+        cos, sin = cos[None, None], sin[None, None]
+    elif sequence_dim == 1:
+        cos, sin = cos[None, :, None], sin[None, :, None]
+    else:
+        raise ValueError(f"`sequence_dim={sequence_dim}` but should be 1 or 2.")
+    d = x.shape[-1]
+    rot = torch.zeros(d, d, dtype=torch.float32, device=x.device)
+    even = torch.arange(0, d, 2, device=x.device)
+    rot[even + 1, even] = -1.0  # out[2i] = -x[2i+1]
+    rot[even, even + 1] = 1.0  # out[2i+1] = x[2i]
+    xf = x.float()
+    return (xf * cos.to(x.device) + (xf @ rot) * sin.to(x.device)).to(x.dtype)
+
+
 def _read_json(path: str) -> Optional[Dict]:
     if not os.path.isfile(path):
         return None
@@ -288,6 +314,13 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
         c = int(get("in_channels")) // 4
         out.update(data_shape=(c, 128, 128), text_seq_len=512, text_dim=int(get("joint_attention_dim")),
                    pooled_dim=int(get("pooled_projection_dim")))
+    elif kind == "video":  # LTX-Video: T5 (128 tokens, LTXPipeline's max_sequence_length), no pooled vector;
+        # the latent video [C, F, H, W] has no default size (the pipeline takes num_frames / height / width per call)
+        out.pop("data_shape", None)
+        out.update(text_seq_len=128, text_dim=int(get("caption_channels")))
+        if vae is not None and hasattr(vae, "temporal_compression_ratio"):
+            out["rope_interpolation_scale"] = (float(vae.temporal_compression_ratio) / LTX_FRAME_RATE,
+                                               float(vae.spatial_compression_ratio), float(vae.spatial_compression_ratio))
     elif kind == "unet_text":  # CLIP (77 tokens); SDXL adds the pooled CLIP-G vector and the size/crop time ids
         out.update(text_seq_len=77, text_dim=int(get("cross_attention_dim")))
         if _is_sdxl(model):
@@ -303,8 +336,10 @@ def _image_tokens(model: torch.nn.Module, kind: str, data_shape: Sequence[int]) 
     """The number of image tokens of a latent [C, H, W] (what dynamic shifting is keyed on): FLUX packs 2x2
     patches, SD3-style transformers patchify by their patch_size, a UNet has H * W positions."""
     h, w = int(data_shape[-2]), int(data_shape[-1])
-    p = 2 if kind == "flux" else int(getattr(getattr(model, "config", None), "patch_size", 1) or 1)
-    return (h // p) * (w // p)
+    cfg = getattr(model, "config", None)
+    p = 2 if kind == "flux" else int(getattr(cfg, "patch_size", 1) or 1)
+    frames = int(data_shape[1]) // int(getattr(cfg, "patch_size_t", 1) or 1) if kind == "video" else 1
+    return frames * (h // p) * (w // p)
 
 
 #: how the adapter calls each family of denoisers (DiffusersAdapter.predict)
@@ -313,14 +348,22 @@ KINDS = {
     "unet_text": "UNet2DConditionModel (SD 1.x/2.x; SDXL with added text_embeds/time_ids): model(x, t, encoder_hidden_states=)",
     "transformer": "SD3Transformer2DModel: model(hidden_states=, timestep=, encoder_hidden_states=, pooled_projections=)",
     "flux": "FluxTransformer2DModel: 2x2-packed latents, img_ids/txt_ids, guidance embedding, timestep = sigma",
+    "video": "LTXVideoTransformer3DModel: [C, F, H, W] latents packed to tokens as LTXPipeline, rope interpolation "
+             "scale, encoder_attention_mask, timestep = 1000 sigma",
 }
-TEXT_KINDS = ("unet_text", "transformer", "flux")
+TEXT_KINDS = ("unet_text", "transformer", "flux", "video")
+#: LTXPipeline's default frame rate (its rope_interpolation_scale is (vae temporal ratio / frame_rate, spatial, spatial))
+LTX_FRAME_RATE = 25.0
+#: LTX-Video's VAE: 8x temporal, 32x spatial compression (the rope scale without a VAE at hand)
+LTX_ROPE_SCALE = (8.0 / LTX_FRAME_RATE, 32.0, 32.0)
 
 
 def _model_kind(model: torch.nn.Module) -> str:
     cname = type(model).__name__.lower()
     if "flux" in cname:
         return "flux"
+    if "ltxvideo" in cname:
+        return "video"
     if "transformer" in cname:
         return "transformer"
     if "unet" in cname:
@@ -340,9 +383,10 @@ def _vae_scale_factor(vae) -> int:
 class DiffusersAdapter(Backbone):
     """Backbone over a diffusers denoiser.
 
-    model: a diffusers denoiser; kind (how it is called, see KINDS: "unet", "unet_text", "transformer", "flux") is
+    model: a diffusers denoiser; kind (how it is called, see KINDS: "unet", "unet_text", "transformer", "flux",
+      "video") is
       read from the class name unless given.
-    data_shape: [C, H, W] of one sample (latents for latent models).
+    data_shape: [C, H, W] of one sample (latents for latent models); [C, F, H, W] for a video transformer.
     scheduler: the model's diffusers scheduler (object, config dict or scheduler_config.json path). A DDPM-style
       one (betas) makes the network be called at the discrete timesteps diffusers uses (DiscreteSchedule) and gives
       the default process (DiscreteSchedule.process()) and prediction type (its `prediction_type`); a flow-matching
@@ -353,11 +397,13 @@ class DiffusersAdapter(Backbone):
       "x0", "velocity"); default from the scheduler, else "velocity" for flow and "epsilon" otherwise.
     timestep_scale: call the network at t * timestep_scale instead (a continuous-time model; 1000 for SD3-style flow
       models, the default of flow; 1 for FLUX, whose transformer multiplies by 1000 itself).
-    text_seq_len / text_dim / pooled_dim: the text condition layout of "unet_text", "transformer" and "flux"; the
+    text_seq_len / text_dim / pooled_dim: the text condition layout of "unet_text", "transformer", "flux", "video"; the
       condition is pack_text_cond(encoder_hidden_states [B, L, text_dim], pooled [B, pooled_dim]) (pooled: SD3,
       FLUX, SDXL's text_embeds; none for SD 1.x/2.x).
     time_ids: SDXL's added (original H, W, crop top, left, target H, W) in pixels (default: 8 x the latent size).
     guidance: FLUX's embedded guidance scale (models with guidance_embeds; FLUX.1-dev's default 3.5).
+    rope_interpolation_scale: LTX-Video's (temporal, spatial, spatial) rope scale, LTXPipeline's (VAE temporal ratio /
+      frame rate, VAE spatial ratio, VAE spatial ratio); default (8 / 25, 32, 32), from the VAE in from_pretrained.
     n_classes: class conditioning of a UNet2DModel (passed as class_labels).
     shift: the flow shift of the model's default schedule.
     """
@@ -368,7 +414,8 @@ class DiffusersAdapter(Backbone):
                  prediction_type: Optional[str] = None, kind: Optional[str] = None,
                  timestep_scale: Optional[float] = None, text_seq_len: int = 0, text_dim: int = 0, pooled_dim: int = 0,
                  n_classes: int = 0, shift: Optional[float] = None, model_name: Optional[str] = None, scheduler=None,
-                 time_ids: Optional[Sequence[float]] = None, guidance: Optional[float] = None):
+                 time_ids: Optional[Sequence[float]] = None, guidance: Optional[float] = None,
+                 rope_interpolation_scale: Optional[Sequence[float]] = None):
         require_diffusers()
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch module, got {type(model).__name__}")
@@ -381,6 +428,8 @@ class DiffusersAdapter(Backbone):
             if text_seq_len < 1 or text_dim < 1:
                 raise ValueError(f"a {type(model).__name__} adapter needs text_seq_len >= 1 and text_dim >= 1 (its text "
                                  "condition layout: encoder_hidden_states [B, text_seq_len, text_dim])")
+            if kind == "video" and pooled_dim:
+                raise ValueError("LTX-Video's transformer takes no pooled text embedding (pooled_dim must be 0)")
             if (kind in ("transformer", "flux") or sdxl) and pooled_dim < 1:
                 raise ValueError(f"{type(model).__name__} takes a pooled text embedding: pass pooled_dim >= 1")
             if kind == "unet_text" and not sdxl and pooled_dim:
@@ -393,6 +442,20 @@ class DiffusersAdapter(Backbone):
                                  "UNet2DConditionModel or an SD3 / FLUX transformer); it takes class labels (n_classes) "
                                  "or nothing")
             cond = CondSpec("class", n_classes) if n_classes else CondSpec()
+        if kind == "video":
+            mcfg = getattr(model, "config", None)
+            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            if len(data_shape) != 4 or data_shape[1] % pt or data_shape[2] % ps or data_shape[3] % ps:
+                raise ValueError(f"LTX-Video latents are [C, F, H, W] with F divisible by patch_size_t={pt} and H, W by "
+                                 f"patch_size={ps}, got {data_shape}")
+            rope_interpolation_scale = tuple(float(v) for v in (rope_interpolation_scale or LTX_ROPE_SCALE))
+            if len(rope_interpolation_scale) != 3:
+                raise ValueError(f"rope_interpolation_scale is 3 numbers (temporal, spatial, spatial), got "
+                                 f"{rope_interpolation_scale}")
+        elif rope_interpolation_scale is not None:
+            raise ValueError("rope_interpolation_scale is LTX-Video's; this model has none")
+        elif len(data_shape) != 3:
+            raise ValueError(f"{type(model).__name__} latents are [C, H, W], got {data_shape}")
         if kind == "flux" and (len(data_shape) != 3 or data_shape[1] % 2 or data_shape[2] % 2):
             raise ValueError(f"FLUX latents are [C, H, W] with even H and W (2x2 packing), got {data_shape}")
         if sdxl:
@@ -449,6 +512,7 @@ class DiffusersAdapter(Backbone):
         self.model_name = model_name
         self.time_ids = time_ids if sdxl else None
         self.guidance = (3.5 if guidance is None else float(guidance)) if guides else None
+        self.rope_interpolation_scale = rope_interpolation_scale if kind == "video" else None
 
     @classmethod
     def from_pretrained(cls, source, subfolder: Optional[str] = None, scheduler=None, load_vae: bool = True,
@@ -501,7 +565,7 @@ class DiffusersAdapter(Backbone):
         args.update(kwargs)
         if args.get("data_shape") is None:
             raise ValueError(f"cannot tell the latent shape of {type(model).__name__} from its config; pass "
-                             "data_shape=(C, H, W)")
+                             f"data_shape={'(C, F, H, W)' if args['kind'] == 'video' else '(C, H, W)'}")
         if scheduler is None and args.get("process") is None and args.get("timestep_scale") is None \
                 and args["kind"] in ("unet", "unet_text"):
             scheduler = {"_class_name": "DDPMScheduler"}  # diffusers' default DDPM schedule
@@ -544,6 +608,8 @@ class DiffusersAdapter(Backbone):
                    timestep_scale=self.timestep_scale, text_seq_len=self.text_seq_len, text_dim=self.text_dim,
                    pooled_dim=self.pooled_dim, n_classes=self.n_classes, shift=self.shift,
                    time_ids=None if self.time_ids is None else list(self.time_ids), guidance=self.guidance)
+        if self.rope_interpolation_scale is not None:  # video only: other adapters keep their ids
+            cfg["rope_interpolation_scale"] = list(self.rope_interpolation_scale)
         return cfg
 
     def text_pooling(self) -> Optional[Dict]:
@@ -555,6 +621,25 @@ class DiffusersAdapter(Backbone):
             return None
         start = 77 if self.kind == "transformer" and self.text_seq_len > 77 else 0
         return {"seq_len": self.text_seq_len, "dim": self.text_dim, "pooled_dim": self.pooled_dim, "token_start": start}
+
+    @contextlib.contextmanager
+    def export_context(self):
+        """Entered by indis.export.onnx_export while tracing. FLUX: diffusers' apply_rotary_emb rotates the query and
+        key pairs with x.reshape(*x.shape[:-1], -1, 2), which the TorchScript exporter records with the traced batch
+        size as a constant (the graph then fails at any other batch); inside this context FluxTransformer2DModel
+        uses `rotary_emb_traceable`, the same rotation as a product with a signed permutation matrix (exact: one
+        +-1 per column), whose graph has no shapes. Other kinds: nothing changes."""
+        if self.kind != "flux":
+            yield
+            return
+        import diffusers.models.transformers.transformer_flux as flux_module
+
+        original = flux_module.apply_rotary_emb
+        flux_module.apply_rotary_emb = rotary_emb_traceable
+        try:
+            yield
+        finally:
+            flux_module.apply_rotary_emb = original
 
     def default_timesteps(self, n: int) -> Tensor:
         p = self.process
@@ -597,6 +682,19 @@ class DiffusersAdapter(Backbone):
             if pooled is not None:
                 kw["pooled_projections"] = pooled
             out = self.model(**kw)[0]
+        elif self.kind == "video":  # LTXPipeline._pack_latents / _unpack_latents, all text tokens attended
+            ehs, _ = self._text(cond, dtype)
+            mcfg = self.model.config
+            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            c, f, h, w = self.data_shape
+            packed = xin.reshape(b, c, f // pt, pt, h // ps, ps, w // ps, ps).permute(0, 2, 4, 6, 1, 3, 5, 7) \
+                .reshape(b, (f // pt) * (h // ps) * (w // ps), c * pt * ps * ps)
+            mask = torch.ones(b, self.text_seq_len, device=x.device, dtype=dtype)
+            out = self.model(hidden_states=packed, encoder_hidden_states=ehs, timestep=ts, encoder_attention_mask=mask,
+                             num_frames=f // pt, height=h // ps, width=w // ps,
+                             rope_interpolation_scale=self.rope_interpolation_scale, return_dict=False)[0]
+            out = out.reshape(b, f // pt, h // ps, w // ps, -1, pt, ps, ps).permute(0, 4, 1, 5, 2, 6, 3, 7) \
+                .reshape(b, -1, f, h, w)
         else:  # flux: the pipeline's packing (FluxPipeline._pack_latents / _unpack_latents / _prepare_latent_image_ids)
             ehs, pooled = self._text(cond, dtype)
             c, h, w = self.data_shape

@@ -124,8 +124,10 @@ def conditions_for_seeds(seeds, cond_spec: CondSpec, data_shape: Sequence[int], 
     return draw(seeds, data_shape, 1.0, cond_spec, table)[1]
 
 
-def draw(seeds, data_shape, prior_std: float, cond_spec: CondSpec = CondSpec(), table=None, device=None, dtype=torch.float32):
-    """(x_T, cond) for the seeds, in one pass over the per-sample generators."""
+def draw(seeds, data_shape, prior_std: float, cond_spec: CondSpec = CondSpec(), table=None, device=None, dtype=torch.float32,
+         with_index: bool = False):
+    """(x_T, cond) for the seeds, in one pass over the per-sample generators; with_index: (x_T, cond, index), index
+    [B] int64 CPU being each seed's class label or prompt-table row (None for unconditional models)."""
     seeds = _check_seeds(seeds)
     n = 0
     if cond_spec.kind == "class":
@@ -137,6 +139,6 @@ def draw(seeds, data_shape, prior_std: float, cond_spec: CondSpec = CondSpec(), 
     noise, idx = unit_noise_and_index(seeds, data_shape, n)
     x_T = (noise.double() * float(prior_std)).to(dtype=dtype, device=device)
     if cond_spec.kind == "none":
-        return x_T, None
-    cond = idx if cond_spec.kind == "class" else torch.as_tensor(table)[idx]
-    return x_T, cond.to(device)
+        return (x_T, None, None) if with_index else (x_T, None)
+    cond = (idx if cond_spec.kind == "class" else torch.as_tensor(table)[idx]).to(device)
+    return (x_T, cond, idx) if with_index else (x_T, cond)

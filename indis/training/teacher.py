@@ -2,7 +2,9 @@
 
 Layout of a dataset folder:
   manifest.json            format, backbone id and config, process, teacher settings, count, shards + sha256
-  shard_00000.safetensors  seeds [n] int64, x0 [n, *data_shape] float32, cond [n] or [n, dim] (conditional only)
+  shard_00000.safetensors  seeds [n] int64, x0 [n, *data_shape] float32, cond [n] or [n, dim] (conditional only),
+                           prompt_index [n] int64 (text models: the row of the prompt table each seed drew)
+  prompt_table.safetensors text models: the table [M, dim] of packed prompt conditions (its sha256 in the manifest)
   shard_00000.json         sidecar written after its shard: {"sha256": ..., "count": ...}
 The prior noise is *not* stored: x_T is regenerated bit-exactly from the seed (indis.sampling.seeds).
 
@@ -178,10 +180,11 @@ def generate_teacher(backbone, out_dir, cfg: TeacherConfig = TeacherConfig(), ta
         lo = cfg.first_seed + i * cfg.shard_size
         hi = min(cfg.first_seed + cfg.count, lo + cfg.shard_size)
         seeds = torch.arange(lo, hi, dtype=torch.int64)
-        xs, cs_all = [], []
+        xs, cs_all, idx_all = [], [], []
         for b0 in range(0, len(seeds), cfg.batch_size):
             sb = seeds[b0 : b0 + cfg.batch_size]
-            x_T, cond = draw(sb, backbone.data_shape, plan["prior_std"], cs, table, device=dev, dtype=state_dtype)
+            x_T, cond, idx = draw(sb, backbone.data_shape, plan["prior_std"], cs, table, device=dev, dtype=state_dtype,
+                                  with_index=True)
             with torch.no_grad():
                 x0 = sample(model, x_T, ts.to(dev), solver=cfg.solver, order=cfg.order, cond=cond, state_dtype=state_dtype, model_dtype=mdt)
             if not torch.isfinite(x0).all():
@@ -189,11 +192,15 @@ def generate_teacher(backbone, out_dir, cfg: TeacherConfig = TeacherConfig(), ta
             xs.append(x0.float().cpu())
             if cond is not None:
                 cs_all.append(cond.cpu())
+            if table is not None:
+                idx_all.append(idx)
             if bar is not None:
                 bar.update(len(sb))
         tensors = {"seeds": seeds, "x0": torch.cat(xs)}
         if cs_all:
             tensors["cond"] = torch.cat(cs_all)
+        if idx_all:
+            tensors["prompt_index"] = torch.cat(idx_all)
         f = out / f"{_shard_name(i)}.safetensors"
         save_tensors(f, tensors, {"shard": i, "backbone_id": plan["backbone_id"], "seeds": [lo, hi]})
         atomic_write_json(out / f"{_shard_name(i)}.json", {"sha256": sha256_file(f), "count": len(seeds), "seeds": [lo, hi]})
@@ -224,6 +231,7 @@ class TeacherDataset:
     x0: Tensor
     cond: Optional[Tensor] = None
     table: Optional[Tensor] = None
+    prompt_index: Optional[Tensor] = None  # text models: each seed's row of `table` [n] int64
 
     @property
     def data_shape(self):
@@ -309,7 +317,7 @@ def load_teacher(root, backbone=None, verify: bool = True) -> TeacherDataset:
                 f"{root} was generated with backbone id {m['backbone_id']}, but the given backbone has id {want}; "
                 "regenerate the teacher for this backbone or load the matching one"
             )
-    seeds, xs, cs = [], [], []
+    seeds, xs, cs, ids = [], [], [], []
     for s in m["shards"]:
         f = root / s["file"]
         if not f.is_file():
@@ -323,12 +331,18 @@ def load_teacher(root, backbone=None, verify: bool = True) -> TeacherDataset:
         xs.append(t["x0"])
         if "cond" in t:
             cs.append(t["cond"])
+        if "prompt_index" in t:
+            ids.append(t["prompt_index"])
     table = None
     if m.get("prompt_table_sha256"):
         table = load_tensors(root / "prompt_table.safetensors")[0]["table"]
         if verify and _tensor_sha(table) != m["prompt_table_sha256"]:
             raise ValueError(f"{root}/prompt_table.safetensors: checksum mismatch")
-    ds = TeacherDataset(root, m, torch.cat(seeds), torch.cat(xs), torch.cat(cs) if cs else None, table)
+    ds = TeacherDataset(root, m, torch.cat(seeds), torch.cat(xs), torch.cat(cs) if cs else None, table,
+                        torch.cat(ids) if ids else None)
     if len(ds) != m["count"]:
         raise ValueError(f"{root}: manifest says {m['count']} samples, shards hold {len(ds)}")
+    if table is not None and ds.prompt_index is not None:
+        if len(ds.prompt_index) != len(ds) or not torch.equal(table[ds.prompt_index].to(ds.cond.dtype), ds.cond):
+            raise ValueError(f"{root}: the shards' prompt_index does not pick their conditions from prompt_table.safetensors")
     return ds
