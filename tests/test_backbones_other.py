@@ -251,3 +251,22 @@ def test_bundled_backbone_loads_and_samples():
     assert os.path.getsize(bundled_paths()["weights"]) <= 10 * 1024 * 1024
     x = sample_backbone(bb, 8, steps=5)
     assert x.shape == (8, 1, 16, 16) and torch.isfinite(x).all()
+
+
+def test_stable_hash_takes_0_dim_tensors_and_keeps_the_byte_order():
+    """Backbone ids hash the raw bytes of every tensor: a 0-dim parameter (a learned scalar) failed with "self.dim()
+    cannot be 0 to view Float as Byte"; the bytes of other tensors, and so the recorded ids, are unchanged."""
+    import hashlib
+    import json
+
+    from indis.backbones.base import stable_hash
+
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    h = hashlib.sha256(json.dumps({"a": 1}, sort_keys=True, default=str).encode())
+    h.update(b"w")
+    h.update(str(w.dtype).encode())
+    h.update(str(tuple(w.shape)).encode())
+    h.update(w.numpy().tobytes())
+    assert stable_hash({"a": 1}, {"w": w}) == h.hexdigest()[:16]
+    s1, s2 = stable_hash({}, {"s": torch.tensor(1.5)}), stable_hash({}, {"s": torch.tensor(2.5)})
+    assert s1 != s2 and s1 == stable_hash({}, {"s": torch.tensor(1.5)})

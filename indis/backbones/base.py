@@ -81,7 +81,7 @@ def stable_hash(config: Dict, tensors: Optional[Dict[str, Tensor]] = None, n_hex
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim tensors too
     return h.hexdigest()[:n_hex]
 
 
