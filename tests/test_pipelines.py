@@ -523,7 +523,9 @@ def backbone():
 
 def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, monkeypatch):
     """LTX-Video's transformer (5-D latents [B, C, F, H, W]) through `indis teacher` (prompt table) -> `indis train`
-    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample."""
+    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample
+    -> `indis export --prompt-table` -> samples from the export folder (ONNX Runtime; native loop over the torch
+    network) equal indis.sample per sample (tolerance: `close`)."""
     from pathlib import Path
 
     from indis.cli import main
@@ -555,5 +557,21 @@ def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, 
     ip = IndisPipeline.from_pipe(bb, predictor=pred, solver="ipndm")
     out = ip(prompt_embeds=cond.reshape(3, bb.text_seq_len, bb.text_dim), seeds=seeds, output_type="latent")
     assert out.images.shape == (3, 4, 3, 4, 4)
-    close(out.images, per_sample(bb, pred, x_T, cond, "ipndm"))
+    want = per_sample(bb, pred, x_T, cond, "ipndm")
+    close(out.images, want)
+
+    # export (the rotary embedding is a constant of the latent shape while tracing; see export_context) -> samples
+    # from the export folder on ONNX Runtime and the native loop equal indis.sample per sample
+    pytest.importorskip("onnxruntime")
+    from indis.engines.loader import sample_seeds
+    from indis.native import native_available
+
+    assert main(["export", "--backbone", "ltxbb:backbone", "--predictor", f"{d}/r/predictor.safetensors", "--out",
+                 f"{d}/e", "--prompt-table", f"{d}/table.safetensors", "--threads", "1"]) == 0
+    assert "forward" not in vars(bb.model.rope)  # the export context is left
+    for backend in ("ort", "native") if native_available() else ("ort",):
+        x0, _, xt, c, _ = sample_seeds(f"{d}/e", seeds, backend=backend, table=table,
+                                       backbone=bb if backend == "native" else None, threads=1)
+        assert torch.equal(xt, x_T) and torch.equal(c, cond)
+        close(x0, want)
     capsys.readouterr()
