@@ -438,7 +438,7 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.cli import main
     from indis.engines.loader import sample_seeds
-    from indis.io import load_tensors, save_tensors
+    from indis.io import save_tensors
     from indis.native import native_available
     from indis.pipelines import IndisPipeline
     from indis.sampling.load import load_predictor
