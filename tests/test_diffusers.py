@@ -582,12 +582,14 @@ def test_sd3_per_sample_loop_in_the_shifted_scheduler_equals_indis(diffusers):
         assert (x - want).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35", "flux"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "sd35", "flux", "ltx"])
 def test_text_families_export_to_onnx(diffusers, family):
     """SDXL (added conditions), SD3, SD3.5-style (qk_norm="rms_norm": aten::rms_norm, which opset 17 lacks, has a
-    symbolic) and FLUX (rms_norm, and diffusers' rotary embedding, which the tracer records with the export's batch
-    size, replaced while tracing by an equal batch-free one) adapters trace into ONNX with a dynamic batch and agree
-    with torch at batch sizes other than the traced one."""
+    symbolic), FLUX (rms_norm, and diffusers' rotary embedding, which the tracer records with the export's batch
+    size, replaced while tracing by an equal batch-free one) and LTX-Video (its rotary embedding, whose
+    repeat_interleave(dim=-1) corrupts the graph's shared -1 constant in the exporter, replaced while tracing by its
+    bit-equal values for the latent shape) adapters trace into ONNX with a dynamic batch and agree with torch at
+    batch sizes other than the traced one."""
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.export.onnx_export import BackboneForExport, backbone_spec, compare_with_torch, export_bytes
@@ -609,6 +611,15 @@ def test_text_families_export_to_onnx(diffusers, family):
                                apply_rotary_emb(xx, (cos, sin), sequence_dim=dim))
         bb = DiffusersAdapter.from_pretrained(tiny_flux(diffusers), data_shape=(4, 8, 8), text_seq_len=6,
                                               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    elif family == "ltx":
+        bb = DiffusersAdapter.from_pretrained(tiny_ltx(diffusers), data_shape=(4, 3, 4, 6), text_seq_len=5,
+                                              scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX_SCHED))
+        x = torch.randn(3, 1, 1)
+        with bb.export_context():  # the rotary embedding inside the context: the same values, bit for bit
+            inside = bb.model.rope(x, 3, 4, 6, bb.rope_interpolation_scale)
+        outside = bb.model.rope(x, 3, 4, 6, bb.rope_interpolation_scale)
+        assert "forward" not in vars(bb.model.rope)
+        assert all(torch.equal(a, b) for a, b in zip(inside, outside)) and inside[0].shape[0] == 3
     else:
         bb = DiffusersAdapter.from_pretrained(tiny_sd3(diffusers, qk_norm="rms_norm" if family == "sd35" else None),
                                               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), text_seq_len=5)

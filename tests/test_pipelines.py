@@ -398,6 +398,14 @@ def family_pipe(diffusers, family):
     from test_diffusers import tiny_flux
 
     none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    if family == "ddpm":  # class-conditional UNet2DModel, pixel space, epsilon, DDPM's linear betas
+        return diffusers.DDPMPipeline(unet=tiny_unet(diffusers, channels=3, num_class_embeds=3, seed=1),
+                                      scheduler=diffusers.DDPMScheduler())
+    if family == "sd":  # SD 2.x-v: UNet2DConditionModel with encoder_hidden_states only, v_prediction
+        return diffusers.StableDiffusionPipeline(vae=tiny_vae(diffusers), unet=tiny_unet_cond(diffusers, seed=1),
+                                                 scheduler=diffusers.EulerDiscreteScheduler(prediction_type="v_prediction", steps_offset=1, **SD_SCHED),
+                                                 text_encoder=None, tokenizer=None, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
     if family == "sd3":
         return sd3_pipe(diffusers)
     if family == "sdxl":
@@ -417,19 +425,20 @@ def backbone():
 """
 
 
-@pytest.mark.parametrize("family", ["sd3", "sdxl", "flux"])
+@pytest.mark.parametrize("family", ["ddpm", "sd", "sd3", "sdxl", "flux"])
 def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tmp_path, capsys, monkeypatch):
-    """Done-when of issue 12, per family (SD3 transformer, SDXL UNet with added conditions, FLUX transformer): a
-    tiny pipeline folder -> `indis teacher` with a prompt table -> `indis train` -> IndisPipeline's batched call
-    (prompt embeddings = the table rows each seed drew) equals indis.sample per sample (tolerance: `close`) ->
-    `indis export --prompt-table` -> samples from the export folder (ONNX Runtime; native loop over the torch
-    network) equal indis.sample (same tolerance; measured: at most 5e-7 relative). FLUX exports with its batch-free rotary embedding
-    (DiffusersAdapter.export_context) and the aten::rms_norm symbolic."""
+    """Done-when of issue 12, per family (class-conditional DDPM UNet2DModel, SD 2.x-v UNet2DConditionModel, SD3
+    transformer, SDXL UNet with added conditions, FLUX transformer): a tiny pipeline folder -> `indis teacher` with
+    a prompt table (class labels for the DDPM UNet) -> `indis train` -> IndisPipeline's batched call (prompt
+    embeddings = the table rows each seed drew; the DDPM UNet: the labels each seed drew) equals indis.sample per
+    sample (tolerance: `close`) -> `indis export` (`--prompt-table` for the text families) -> samples from the export folder (ONNX Runtime; native loop over the torch
+    network) equal indis.sample (same tolerance; measured: at most about 1e-6 relative to max |x0|). FLUX exports
+    with its batch-free rotary embedding (DiffusersAdapter.export_context) and the aten::rms_norm symbolic."""
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.cli import main
     from indis.engines.loader import sample_seeds
-    from indis.io import load_tensors, save_tensors
+    from indis.io import save_tensors
     from indis.native import native_available
     from indis.pipelines import IndisPipeline
     from indis.sampling.load import load_predictor
@@ -446,16 +455,24 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
     else:
         spec = f"diffusers:{folder}"
     bb = DiffusersAdapter.from_pretrained(str(folder), **extra).eval()
-    g = torch.Generator().manual_seed(0)
-    table = torch.randn(3, bb.cond_spec.dim, generator=g)  # 3 packed prompt conditions [L * D + pooled]
-    save_tensors(tmp_path / "table.safetensors", {"table": table})
     d = str(tmp_path)
+    text = bb.cond_spec.kind == "text"
+    assert bb.cond_spec.kind == ("class" if family == "ddpm" else "text")
+    table, with_table = None, []
+    if text:
+        g = torch.Generator().manual_seed(0)
+        table = torch.randn(3, bb.cond_spec.dim, generator=g)  # 3 packed prompt conditions [L * D + pooled]
+        save_tensors(tmp_path / "table.safetensors", {"table": table})
+        with_table = ["--prompt-table", f"{d}/table.safetensors"]
     common = ["--backbone", spec, "--no-progress", "--threads", "1"]
     assert main(["teacher", *common, "--out", f"{d}/t", "--count", "6", "--steps", "4", "--cfg-scale", "1.5",
-                 "--prompt-table", f"{d}/table.safetensors"]) == 0
+                 *with_table]) == 0
     ds = load_teacher(f"{d}/t", bb.backbone_id)
     want_idx = unit_noise_and_index(list(range(6)), bb.data_shape, 3)[1]
-    assert torch.equal(ds.prompt_index, want_idx) and torch.equal(ds.cond, table[want_idx])
+    if text:
+        assert torch.equal(ds.prompt_index, want_idx) and torch.equal(ds.cond, table[want_idx])
+    else:
+        assert torch.equal(ds.cond.long(), want_idx)  # the class labels the seeds drew
     assert main(["train", *common, "--teacher", f"{d}/t", "--out", f"{d}/r", "--nfe", "3", "--steps", "2",
                  "--batch-size", "3", "--hidden", "16", "--conv-width", "8", "--cfg-scale", "1.5"]) == 0
     pred, _ = load_predictor(f"{d}/r/predictor.safetensors", bb.backbone_id)
@@ -463,16 +480,21 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
     # the batched call: prompt embeddings are the table rows the seeds draw, as in `indis sample`
     seeds = [0, 1, 2, 3]
     x_T, cond = draw(seeds, bb.data_shape, bb.process.prior_std(), bb.cond_spec, table)
-    n_seq = bb.text_seq_len * bb.text_dim
-    pe, pp = cond[:, :n_seq].reshape(len(seeds), bb.text_seq_len, bb.text_dim), cond[:, n_seq:]
     ip = IndisPipeline.from_pipe(str(folder), predictor=f"{d}/r/predictor.safetensors", **extra)
     assert ip.guidance_scale == 1.5
-    out = ip(prompt_embeds=pe, pooled_prompt_embeds=pp, seeds=seeds, output_type="latent")
+    if not text:
+        kw = {}  # the pipeline draws each seed's label as indis.sampling.seeds
+    else:
+        n_seq = bb.text_seq_len * bb.text_dim
+        kw = dict(prompt_embeds=cond[:, :n_seq].reshape(len(seeds), bb.text_seq_len, bb.text_dim))
+        if cond.shape[1] > n_seq:
+            kw["pooled_prompt_embeds"] = cond[:, n_seq:]
+    out = ip(seeds=seeds, output_type="latent", **kw)
     want = per_sample(bb, pred, x_T, cond, "ipndm", 1.5)
     close(out.images, want)
 
     export = ["export", "--backbone", spec, "--predictor", f"{d}/r/predictor.safetensors", "--out", f"{d}/e",
-              "--prompt-table", f"{d}/table.safetensors", "--threads", "1"]
+              *with_table, "--threads", "1"]
     assert main(export) == 0
     # the export was made at guidance 1 (the training scale is a sampling option): compare unguided
     want1 = per_sample(bb, pred, x_T, cond, "ipndm")
@@ -500,7 +522,9 @@ def backbone():
 
 def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, monkeypatch):
     """LTX-Video's transformer (5-D latents [B, C, F, H, W]) through `indis teacher` (prompt table) -> `indis train`
-    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample."""
+    (phi's encoder folds the frames into channels) -> IndisPipeline's batched call equals indis.sample per sample
+    -> `indis export --prompt-table` -> samples from the export folder (ONNX Runtime; native loop over the torch
+    network) equal indis.sample per sample (tolerance: `close`)."""
     from pathlib import Path
 
     from indis.cli import main
@@ -532,5 +556,21 @@ def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, 
     ip = IndisPipeline.from_pipe(bb, predictor=pred, solver="ipndm")
     out = ip(prompt_embeds=cond.reshape(3, bb.text_seq_len, bb.text_dim), seeds=seeds, output_type="latent")
     assert out.images.shape == (3, 4, 3, 4, 4)
-    close(out.images, per_sample(bb, pred, x_T, cond, "ipndm"))
+    want = per_sample(bb, pred, x_T, cond, "ipndm")
+    close(out.images, want)
+
+    # export (the rotary embedding is a constant of the latent shape while tracing; see export_context) -> samples
+    # from the export folder on ONNX Runtime and the native loop equal indis.sample per sample
+    pytest.importorskip("onnxruntime")
+    from indis.engines.loader import sample_seeds
+    from indis.native import native_available
+
+    assert main(["export", "--backbone", "ltxbb:backbone", "--predictor", f"{d}/r/predictor.safetensors", "--out",
+                 f"{d}/e", "--prompt-table", f"{d}/table.safetensors", "--threads", "1"]) == 0
+    assert "forward" not in vars(bb.model.rope)  # the export context is left
+    for backend in ("ort", "native") if native_available() else ("ort",):
+        x0, _, xt, c, _ = sample_seeds(f"{d}/e", seeds, backend=backend, table=table,
+                                       backbone=bb if backend == "native" else None, threads=1)
+        assert torch.equal(xt, x_T) and torch.equal(c, cond)
+        close(x0, want)
     capsys.readouterr()

@@ -628,7 +628,29 @@ class DiffusersAdapter(Backbone):
         key pairs with x.reshape(*x.shape[:-1], -1, 2), which the TorchScript exporter records with the traced batch
         size as a constant (the graph then fails at any other batch); inside this context FluxTransformer2DModel
         uses `rotary_emb_traceable`, the same rotation as a product with a signed permutation matrix (exact: one
-        +-1 per column), whose graph has no shapes. Other kinds: nothing changes."""
+        +-1 per column), whose graph has no shapes. LTX-Video: the rotary embedding's
+        `repeat_interleave(2, dim=-1)` makes the TorchScript ONNX exporter resolve the traced `-1` constant, which
+        the tracer pools with every other `-1` of the graph, to axis 2 in place; the timestep embedding's
+        `cat(dim=-1)` and `temb.view(batch, -1, D)` then read 2 (ONNX Runtime: "Concat axis must be in [-rank,
+        rank-1]", "Reshape: invalid position of 0"). The rotary embedding depends only on the latent shape, so
+        inside this context it returns its values for the adapter's shape, computed once before tracing (bit-equal;
+        a constant [1, tokens, dim] in the graph), expanded to the batch. Other kinds: nothing changes."""
+        if self.kind == "video":
+            rope = self.model.rope
+            mcfg = self.model.config
+            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            _, f, h, w = self.data_shape
+            ref = next(self.model.parameters())
+            with torch.no_grad():
+                cos, sin = rope(torch.zeros(1, 1, 1, device=ref.device, dtype=ref.dtype), f // pt, h // ps, w // ps,
+                                self.rope_interpolation_scale)
+            rope.forward = lambda hidden_states, *args, **kwargs: (cos.expand(hidden_states.shape[0], -1, -1),
+                                                                   sin.expand(hidden_states.shape[0], -1, -1))
+            try:
+                yield
+            finally:
+                del rope.forward  # the class's forward again
+            return
         if self.kind != "flux":
             yield
             return
