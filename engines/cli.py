@@ -15,7 +15,7 @@ from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.seeds import parse_seeds
 from .loader import sample_seeds
-from .spec import resolve_backbone
+from .spec import BACKBONE_HELP, resolve_backbone
 
 
 MAX_SIGMAS_SEEDS = 100_000  # sigmas.json holds one row per seed
@@ -80,8 +80,7 @@ def add_subparsers(subparsers) -> None:
                     "engines, and write a manifest with the hashes of every file. Sample with "
                     "`indis sample --engines DIR --backend torch|ort|trt|native`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", required=True, help="bundled | edm:PRESET[:SEED] | DIR from convert-edm | ideal | gmm-image | "
-                   "module:function (recorded in the manifest; only the registry names are ever loaded from it)")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP + " (recorded in the manifest; only the registry names are ever loaded from it)")
     p.add_argument("--predictor", default=None, help="predictor.safetensors from `indis train` (else --schedule/--nfe)")
     p.add_argument("--schedule", default="polynomial", help="heuristic schedule when no --predictor is given")
     p.add_argument("--nfe", type=int, default=None, help="steps of the heuristic schedule")

@@ -36,6 +36,10 @@ from ..backbones.ideal import IdealDenoiser
 from ..data.digits import load_digits_split
 
 REGISTRY_NAMES = ("bundled", "bundled-flow", "ideal", "gmm-image")
+# the --backbone help of every command (one list of the forms resolve_backbone takes)
+BACKBONE_HELP = ("backbone spec: bundled | bundled-flow | ideal | gmm-image | edm:PRESET[:SEED] | DIR from convert-edm | "
+                 "diffusers:PATH (a local pipeline or model folder) | module:function (a module of the current folder "
+                 "or on the path)")
 _EDM_SPEC = re.compile(r"edm:([A-Za-z0-9_]+)(?::([0-9]{1,18}))?")
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
 from .engines.loader import load_engine_sampler
-from .engines.spec import resolve_backbone
+from .engines.spec import BACKBONE_HELP, resolve_backbone
 from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
 from .export.pipeline import export_folder
 from .io import atomic_write_json, atomic_write_text
@@ -40,7 +40,7 @@ def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="teacher, INDIS + GOD training, ONNX export, fast sampling, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="output folder")
-    p.add_argument("--backbone", default="bundled", help="backbone spec (default: the bundled digits network)")
+    p.add_argument("--backbone", default="bundled", help=BACKBONE_HELP + " (default: the bundled digits network)")
     p.add_argument("--nfe", type=int, default=5, help="NFE of the trained INDIS and GOD")
     p.add_argument("--n-train", type=int, default=400, help="training teacher samples")
     p.add_argument("--n-eval", type=int, default=200, help="held-out teacher samples")

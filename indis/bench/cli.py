@@ -12,6 +12,7 @@ import os
 from ..export.pipeline import export_folder
 from ..io import atomic_write_json, atomic_write_text
 from ..toy.study import Study, quick_config
+from ..engines.spec import BACKBONE_HELP
 from ..training.cli import load_backbone_spec
 from .latency import default_predictor, run_latency, write_report
 from .quality import plot_quality, run_quality
@@ -36,7 +37,7 @@ def add_subparsers(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder: bench.json, bench.md, latency_vs_nfe.png (or quality.*)")
     p.add_argument("--backbone", default="bundled",
-                   help="backbone spec: bundled, ideal, edm:<preset> (random init), or a folder from `indis convert-edm`")
+                   help=BACKBONE_HELP)
     p.add_argument("--nfe", type=_ints, default=None, help="NFEs (default 3,5,7,10; --quality: 3,5,7)")
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="batch sizes")
     p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "native_graph", "ort", "trt"],

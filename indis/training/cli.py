@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from ..engines.cli import add_sample_options, sample_from_engines
-from ..engines.spec import resolve_backbone
+from ..engines.spec import BACKBONE_HELP, resolve_backbone
 from ..evaluate import evaluate_methods, plot_timesteps, write_results
 from ..export.manifest import load_manifest
 from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_tensors
@@ -261,7 +261,7 @@ def add_subparsers(subparsers) -> None:
 
     def common(p, backbone_required=True):
         p.add_argument("--backbone", required=backbone_required,
-                       help="bundled | ideal | gmm-image | edm:PRESET[:SEED] | DIR from convert-edm | module:function"
+                       help=BACKBONE_HELP
                             + ("" if backbone_required else " (with --engines: the backbone of the torch and native "
                                "backends when the export's manifest names no registry backbone)"))
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
