@@ -268,6 +268,13 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
     with torch.no_grad():
         for name in backends:
             row = {"backend": name, "device": s.device.type, "nfe": s.nfe, "batch": s.batch}
+
+            def failed(e: Exception) -> None:  # record a failing backend (or re-raise) and go on with the others
+                if on_error == "raise":
+                    raise e
+                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+                rows.append(row)
+
             try:
                 run, net, phi, *limit = RUNNERS[name](s)
             except Unavailable as e:
@@ -275,10 +282,7 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                 rows.append(row)
                 continue
             except Exception as e:  # noqa: BLE001
-                if on_error == "raise":
-                    raise
-                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
-                rows.append(row)
+                failed(e)
                 continue
             try:
                 if s.device.type == "cuda":
@@ -290,10 +294,7 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                                          s.device, warmup, reps)
                 x0 = run(x_T, cond).float()
             except Exception as e:  # noqa: BLE001
-                if on_error == "raise":
-                    raise
-                row.update(status="failed", reason=f"{type(e).__name__}: {e}")
-                rows.append(row)
+                failed(e)
                 continue
             if ref is None:
                 ref = (name, x0)
