@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -259,6 +259,18 @@ def _check_resume(st: Dict, cfg: FlowTrainConfig, path: str, volatile: Sequence[
 VOLATILE = ("steps", "vae_steps", "ckpt_every", "threads")
 
 
+def _load_training_state(path: str, cfg: FlowTrainConfig, modules: Dict[str, torch.nn.Module], opt, gen) -> Tuple[int, List, float]:
+    """Restore a training state written with the same config (modules by key, optimizer, generator):
+    (step, history, elapsed seconds)."""
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    _check_resume(st, cfg, path, VOLATILE)
+    for key, module in modules.items():
+        module.load_state_dict(st[key])
+    opt.load_state_dict(st["opt"])
+    gen.set_state(st["gen"])
+    return int(st["step"]), [list(h) for h in st["history"]], float(st["elapsed"])
+
+
 def vae_loss(vae, x: Tensor, gen: torch.Generator, kl_weight: float):
     """(loss, per-pixel MSE): per-image sum of squared errors of decoding a posterior sample + kl_weight KL."""
     post = vae.encode(x).latent_dist
@@ -285,12 +297,7 @@ def _train_vae(cfg: FlowTrainConfig, data: Tensor, out_dir: str, resume: bool, p
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     step, history, elapsed = 0, [], 0.0
     if resume and os.path.isfile(state_path):
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        _check_resume(st, cfg, state_path, VOLATILE)
-        vae.load_state_dict(st["vae"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        step, history, elapsed = int(st["step"]), [list(h) for h in st["history"]], float(st["elapsed"])
+        step, history, elapsed = _load_training_state(state_path, cfg, {"vae": vae}, opt, gen)
 
     def save(path, final=False):
         d = {"config": asdict(cfg), "vae": vae.state_dict(), "step": step, "history": history, "elapsed": elapsed}
@@ -386,13 +393,7 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     step, history, elapsed = 0, [], 0.0
     if resume and os.path.isfile(state_path):
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        _check_resume(st, cfg, state_path, VOLATILE)
-        net.load_state_dict(st["net"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        step, history, elapsed = int(st["step"]), [list(h) for h in st["history"]], float(st["elapsed"])
+        step, history, elapsed = _load_training_state(state_path, cfg, {"net": net, "ema": ema}, opt, gen)
 
     def save_state():
         atomic_torch_save({"config": asdict(cfg), "net": net.state_dict(), "ema": ema.state_dict(),
