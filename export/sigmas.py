@@ -42,7 +42,7 @@ import torch
 from ..backbones.diffusers import flow_shift
 from ..io import atomic_write_json
 from ..backbones.base import stable_hash
-from ..sampling.seeds import draw, unit_noise_and_index
+from ..sampling.seeds import draw
 
 Tensor = torch.Tensor
 
@@ -77,13 +77,11 @@ def _check_flow_options(name: str, cfg: Dict) -> None:
 
 def _flow_shift_of(cfg: Dict, image_seq_len: Optional[int]) -> float:
     """The shift the scheduler will apply in set_timesteps (sigma -> s sigma / (1 + (s - 1) sigma))."""
-    if not cfg.get("use_dynamic_shifting", False):
-        return float(cfg.get("shift", 1.0))
-    if image_seq_len is None:
+    if cfg.get("use_dynamic_shifting", False) and image_seq_len is None:
         raise ValueError("this FlowMatchEulerDiscreteScheduler uses dynamic shifting (FLUX): its pipeline shifts the "
                          "sigmas by exp(mu) for the image size; pass image_seq_len (the number of latent tokens, "
                          "(H/2)*(W/2) for FLUX latents [C, H, W]), or use set_indis_sigmas, which sets mu itself")
-    return flow_shift(cfg, int(image_seq_len))
+    return flow_shift(cfg, int(image_seq_len or 0))  # the length only matters with dynamic shifting
 
 
 def scheduler_sigmas(scheduler, sigmas, image_seq_len: Optional[int] = None) -> List[float]:
@@ -190,9 +188,9 @@ def schedules_for_seeds(model, backbone, seeds: Sequence[int], table=None) -> Di
     """Per-seed schedules of `model` (a predictor) for the prior noise x_T of each seed (indis.sampling.seeds)."""
     seeds = [int(s) for s in seeds]
     check_prompt_table(backbone, table, "per-seed schedules")
-    x_T, cond = draw(seeds, backbone.data_shape, backbone.process.prior_std(), backbone.cond_spec, table)
-    # the row of the table each seed drew (the same stream as draw: noise, then the index)
-    prompt_index = None if table is None else unit_noise_and_index(seeds, backbone.data_shape, table.shape[0])[1]
+    x_T, cond, idx = draw(seeds, backbone.data_shape, backbone.process.prior_std(), backbone.cond_spec, table,
+                          with_index=True)
+    prompt_index = None if table is None else idx  # the row of the table each seed drew
     d = model.eval()(x_T, cond)
     n = d.timesteps.shape[-1] - 1
     ts = d.timesteps.double().expand(len(seeds), -1)

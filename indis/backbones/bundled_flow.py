@@ -319,8 +319,7 @@ def _train_vae(cfg: FlowTrainConfig, data: Tensor, out_dir: str, resume: bool, p
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        warmup_lr(opt, cfg.vae_lr, step, cfg.warmup_steps)
         opt.step()
         step += 1
         history.append([step, loss.item(), mse.item()])

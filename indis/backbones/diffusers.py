@@ -332,13 +332,19 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
     return out
 
 
+def video_patch(model_config) -> Tuple[int, int]:
+    """(patch_size_t, patch_size) of an LTX-Video transformer config (1 where absent): the latent is packed into
+    tokens of pt x ps x ps positions."""
+    return int(getattr(model_config, "patch_size_t", 1) or 1), int(getattr(model_config, "patch_size", 1) or 1)
+
+
 def _image_tokens(model: torch.nn.Module, kind: str, data_shape: Sequence[int]) -> int:
     """The number of image tokens of a latent [C, H, W] (what dynamic shifting is keyed on): FLUX packs 2x2
     patches, SD3-style transformers patchify by their patch_size, a UNet has H * W positions."""
     h, w = int(data_shape[-2]), int(data_shape[-1])
     cfg = getattr(model, "config", None)
     p = 2 if kind == "flux" else int(getattr(cfg, "patch_size", 1) or 1)
-    frames = int(data_shape[1]) // int(getattr(cfg, "patch_size_t", 1) or 1) if kind == "video" else 1
+    frames = int(data_shape[1]) // video_patch(cfg)[0] if kind == "video" else 1
     return frames * (h // p) * (w // p)
 
 
@@ -443,8 +449,7 @@ class DiffusersAdapter(Backbone):
                                  "or nothing")
             cond = CondSpec("class", n_classes) if n_classes else CondSpec()
         if kind == "video":
-            mcfg = getattr(model, "config", None)
-            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            pt, ps = video_patch(getattr(model, "config", None))
             if len(data_shape) != 4 or data_shape[1] % pt or data_shape[2] % ps or data_shape[3] % ps:
                 raise ValueError(f"LTX-Video latents are [C, F, H, W] with F divisible by patch_size_t={pt} and H, W by "
                                  f"patch_size={ps}, got {data_shape}")
@@ -637,8 +642,7 @@ class DiffusersAdapter(Backbone):
         a constant [1, tokens, dim] in the graph), expanded to the batch. Other kinds: nothing changes."""
         if self.kind == "video":
             rope = self.model.rope
-            mcfg = self.model.config
-            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            pt, ps = video_patch(self.model.config)
             _, f, h, w = self.data_shape
             ref = next(self.model.parameters())
             with torch.no_grad():
@@ -706,8 +710,7 @@ class DiffusersAdapter(Backbone):
             out = self.model(**kw)[0]
         elif self.kind == "video":  # LTXPipeline._pack_latents / _unpack_latents, all text tokens attended
             ehs, _ = self._text(cond, dtype)
-            mcfg = self.model.config
-            pt, ps = int(getattr(mcfg, "patch_size_t", 1) or 1), int(getattr(mcfg, "patch_size", 1) or 1)
+            pt, ps = video_patch(self.model.config)
             c, f, h, w = self.data_shape
             packed = xin.reshape(b, c, f // pt, pt, h // ps, ps, w // ps, ps).permute(0, 2, 4, 6, 1, 3, 5, 7) \
                 .reshape(b, (f // pt) * (h // ps) * (w // ps), c * pt * ps * ps)
