@@ -34,7 +34,7 @@ from ..discretization import Discretization, DiscretizationParam
 from ..predictor import _ImageEncoder
 from ..processes import _bcast
 from ..solvers import IPNDM_COEFFS
-from .common import analytic_eps
+from .common import analytic_eps, to_ve
 
 Tensor = torch.Tensor
 
@@ -124,7 +124,7 @@ class AMEDPlugin(nn.Module):
             return Discretization(ts, torch.zeros_like(ts[:, :-1]), torch.ones_like(ts[:, :-1]))
         proc, ptype = backbone.process, backbone.prediction_type
         ts = self.timesteps.to(device=x_T.device, dtype=state_dtype)
-        s = proc.sigma(ts) / proc.alpha(ts)
+        s = proc.ve_sigma(ts)
         s_lo, s_hi = float(s[-1]), float(s[0])
 
         def t_of(sv: Tensor) -> Tensor:
@@ -144,7 +144,7 @@ class AMEDPlugin(nn.Module):
             return sum(c[j] * hist[j] for j in range(k))
 
         x = x_T.to(state_dtype)
-        y = x / _bcast(proc.alpha(ts[0]).expand(b), x)
+        y = to_ve(proc, x, ts[0])
         hist = []
         for n in range(self.param.nfe):
             sn, sn1 = s[n].expand(b), s[n + 1].expand(b)

@@ -57,7 +57,7 @@ def order_scheduled(solver, orders: Optional[Sequence[int]]) -> Solver:
 
 def analytic_eps(process, x: Tensor, t: Tensor) -> Tensor:
     """AFS estimate of eps at (x, t): y / sqrt(1 + s^2) with y = x / alpha(t), s = sigma(t) / alpha(t)."""
-    a, s = _bcast(process.alpha(t), x), _bcast(process.sigma(t) / process.alpha(t), x)
+    a, s = _bcast(process.alpha(t), x), _bcast(process.ve_sigma(t), x)
     return (x / a) / torch.sqrt(1 + s * s)
 
 
@@ -202,8 +202,7 @@ def to_ve(process, x: Tensor, t: Tensor) -> Tensor:
 
 def ve_s(process, t: Tensor) -> Tensor:
     """s = sigma / alpha (the VE noise level) of times t."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    return process.sigma(t) / process.alpha(t)
+    return process.ve_sigma(torch.as_tensor(t, dtype=torch.float64))
 
 
 def t_from_ve_s(process, s: Tensor) -> Tensor:

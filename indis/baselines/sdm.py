@@ -38,7 +38,7 @@ import torch
 from ..processes import _bcast
 from ..schedules import get_schedule
 from ..solvers import get_solver
-from .common import pilot_trajectory, t_from_ve_s, ve_s
+from .common import per_sample_norm, pilot_trajectory, t_from_ve_s, to_ve, ve_s
 
 Tensor = torch.Tensor
 
@@ -65,7 +65,7 @@ class _Drift:
 
 
 def _mean_norm(x: Tensor) -> float:
-    return float(x.reshape(x.shape[0], -1).norm(dim=1).mean())
+    return float(per_sample_norm(x).mean())
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ def adaptive_schedule(backbone, x_T: Tensor, cond, eta_min: float = 0.02, eta_ma
     s_max, s_min = float(sg[0]), float(sg[-1])
     drift = _Drift(backbone, cond)
     s_cur = s_max
-    y = x_T.to(torch.float64) / _bcast(proc.alpha(torch.tensor([proc.T], dtype=torch.float64)).expand(x_T.shape[0]), x_T)
+    y = to_ve(proc, x_T.to(torch.float64), proc.T)
     d_cur = drift(y, s_cur)
     path, log = [s_cur], []
     while s_cur > s_min * (1 + 1e-12):
@@ -147,7 +147,7 @@ def interval_errors(backbone, x_T: Tensor, cond, timesteps: Tensor) -> Tensor:
     proc = backbone.process
     s = ve_s(proc, torch.as_tensor(timesteps, dtype=torch.float64))
     drift = _Drift(backbone, cond)
-    y = x_T.to(torch.float64) / _bcast(proc.alpha(torch.tensor([proc.T], dtype=torch.float64)).expand(x_T.shape[0]), x_T)
+    y = to_ve(proc, x_T.to(torch.float64), proc.T)
     d = drift(y, float(s[0]))
     out = []
     for i in range(len(s) - 1):
@@ -192,8 +192,8 @@ def order_schedule(backbone, x_T: Tensor, cond, timesteps: Tensor, solver="ipndm
     s = ve_s(backbone.process, ts)
     kappa = [0.0]
     for i in range(1, n):
-        num = (eps[i] - eps[i - 1]).reshape(eps.shape[1], -1).norm(dim=1)
-        den = float(abs(s[i] - s[i - 1])) * eps[i - 1].reshape(eps.shape[1], -1).norm(dim=1).clamp_min(1e-300)
+        num = per_sample_norm(eps[i] - eps[i - 1])
+        den = float(abs(s[i] - s[i - 1])) * per_sample_norm(eps[i - 1]).clamp_min(1e-300)
         kappa.append(float((num / den).mean()))
     orders, on = [], False
     for i in range(n):

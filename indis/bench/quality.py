@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..baselines.common import Sampled
-from ..baselines.search import best_heuristic, parse_afs
+from ..baselines.search import HEURISTIC_NAMES, best_heuristic, parse_afs
 from ..data.digits import load_digits_split
 from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
 from ..metrics.fid import digits_features, frechet_distance
@@ -29,7 +29,6 @@ from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
 from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
 
 Tensor = torch.Tensor
-HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
 # trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
 COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
               "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
