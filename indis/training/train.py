@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -283,9 +283,7 @@ def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=No
     sd = parse_dtype(cfg.state_dtype)
     net = student_backbone(backbone, cfg.cfg_scale, cfg.backbone_dtype)
     train_pos, val_pos = split_indices(len(teacher), cfg.val_fraction, cfg.seed)
-    perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
-    pil = train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values]
-    x_p, c_p, _ = teacher.batch(pil, dev, sd)
+    x_p, c_p = _pilot_batch(cfg, teacher, train_pos, dev, sd)
     x_v, c_v, x0_v = teacher.batch(val_pos, dev, sd)
     distance = get_distance(cfg.loss, cfg.lpips_net, cfg.lpips_weights, dev)
     options = json.loads(cfg.peer_options) if cfg.peer_options else {}
@@ -316,18 +314,26 @@ def train_peer(backbone, teacher, cfg: TrainConfig, out_dir, log=None, device=No
     return meta
 
 
+def _pilot_batch(cfg: TrainConfig, teacher, train_pos: Tensor, dev, sd) -> Tuple[Tensor, object]:
+    """(x_T, cond) of cfg.pilots training samples (a seeded choice, in dataset order): the peers' pilots."""
+    perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+    x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
+    return x_p, c_p
+
+
 def _with_sampler_options(cfg: TrainConfig, backbone, net, teacher, train_pos, dev, sd) -> nn.Module:
     """build_model, started from SDM's schedule when init_schedule is sdm, and wrapped with per-step orders and AFS
     (indis.baselines.common.Sampled) when asked for; SDM's schedule and orders come from cfg.pilots training pilots."""
     init = orders = None
     if cfg.init_schedule == "sdm" or cfg.orders == "sdm":
-        perm = torch.randperm(len(train_pos), generator=torch.Generator().manual_seed(cfg.seed + 104729))
-        x_p, c_p, _ = teacher.batch(train_pos[perm[: min(cfg.pilots, len(train_pos))].sort().values], dev, sd)
+        x_p, c_p = _pilot_batch(cfg, teacher, train_pos, dev, sd)
         steps = cfg.nfe + int(cfg.afs)
-        if cfg.init_schedule == "sdm":
-            init, _, _ = sdm.sdm_schedule(net, x_p, c_p, steps, solver=cfg.solver, afs=cfg.afs)
-        if cfg.orders == "sdm":
-            base = init if init is not None else get_schedule(cfg.init_schedule, backbone.process, steps)
+        if cfg.init_schedule == "sdm":  # SDM's schedule comes with its order schedule on it
+            init, sdm_orders, _ = sdm.sdm_schedule(net, x_p, c_p, steps, solver=cfg.solver, afs=cfg.afs)
+            if cfg.orders == "sdm":
+                orders = sdm_orders
+        elif cfg.orders == "sdm":
+            base = get_schedule(cfg.init_schedule, backbone.process, steps)
             orders, _ = sdm.order_schedule(net, x_p, c_p, base, cfg.solver, afs=cfg.afs)
     elif cfg.orders:
         orders = [int(k) for k in cfg.orders.split(",")]
