@@ -34,7 +34,7 @@ from .native import FastSampler
 from .processes import _bcast, get_process
 from .sampling.guidance import GuidedBackbone
 from .sampling.load import load_predictor
-from .sampling.seeds import draw
+from .sampling.seeds import draw, unit_noise_from_generators
 from .schedules import get_schedule, shifted_uniform
 from .solvers import _check_schedule, get_solver, linear_form, unpack_discretization
 
@@ -64,15 +64,11 @@ class IndisPipelineOutput(BaseOutput):
 def _noise_from_generators(generators: Sequence[torch.Generator], data_shape, prior_std: float, n_choices: int = 0):
     """x_T [B, *data_shape] (float32) and, if n_choices, an index [B] from one generator per sample, in the draw order
     of indis.sampling.seeds (noise, then the index), so that torch.Generator().manual_seed(s) gives seed s's x_T."""
-    noise, idx = [], []
     for g in generators:
         if not isinstance(g, torch.Generator):
             raise ValueError(f"generator must be a list of torch.Generator (one per image), got {type(g).__name__}")
-        noise.append(torch.randn(tuple(data_shape), generator=g, dtype=torch.float32, device=g.device).cpu())
-        if n_choices:
-            idx.append(int(torch.randint(n_choices, (1,), generator=g, device=g.device)))
-    x_T = (torch.stack(noise).double() * float(prior_std)).float()
-    return x_T, (torch.tensor(idx, dtype=torch.int64) if n_choices else None)
+    noise, idx = unit_noise_from_generators(generators, data_shape, n_choices)
+    return (noise.double() * float(prior_std)).float(), idx
 
 
 class IndisPipeline:

@@ -66,7 +66,6 @@ def parse_seeds(text: str) -> SeedList:
                 raise ValueError(f"--seeds {text!r}: {item.strip()!r} is negative; seeds are integers from 0 to "
                                  f"{MAX_SEED} (a range is A-B with A <= B)")
             raise ValueError(f"--seeds {text!r}: {item.strip()!r} is not a seed or a range A-B of non-negative integers")
-        a = b = None
         for g in m.groups():
             if g is not None and (len(g.lstrip("0")) > 19 or int(g) > MAX_SEED):
                 raise ValueError(f"--seeds {text!r}: seed {g} is larger than the largest seed {MAX_SEED} (2**63-1)")
@@ -100,20 +99,26 @@ def _check_seeds(seeds) -> Tensor:
 def unit_noise_and_index(seeds, data_shape: Sequence[int], n_choices: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
     """Standard-normal noise [B, *data_shape] (float32, CPU) and, if n_choices > 0, an index [B] in [0, n_choices)."""
     seeds = _check_seeds(seeds)
+    return unit_noise_from_generators([torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds.tolist()],
+                                      data_shape, n_choices)
+
+
+def unit_noise_from_generators(generators: Sequence[torch.Generator], data_shape: Sequence[int],
+                               n_choices: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
+    """The same draw from one generator per sample (noise, then the index; on each generator's device, returned on
+    the CPU): torch.Generator().manual_seed(s) gives seed s's noise and index."""
     noise, idx = [], []
-    for s in seeds.tolist():
-        g = torch.Generator(device="cpu").manual_seed(int(s))
-        noise.append(torch.randn(tuple(data_shape), generator=g, dtype=torch.float32))
+    for g in generators:
+        noise.append(torch.randn(tuple(data_shape), generator=g, dtype=torch.float32, device=g.device).cpu())
         if n_choices > 0:
-            idx.append(int(torch.randint(n_choices, (1,), generator=g)))
+            idx.append(int(torch.randint(n_choices, (1,), generator=g, device=g.device)))
     noise_t = torch.stack(noise) if noise else torch.empty(0, *data_shape)
     return noise_t, (torch.tensor(idx, dtype=torch.int64) if n_choices > 0 else None)
 
 
 def prior_noise(seeds, data_shape: Sequence[int], prior_std: float, device=None, dtype=torch.float32) -> Tensor:
     """x_T [B, *data_shape] for the given seeds: prior_std * N(0, I), bit-exact per seed."""
-    noise, _ = unit_noise_and_index(seeds, data_shape)
-    return (noise.double() * float(prior_std)).to(dtype=dtype, device=device)
+    return draw(seeds, data_shape, prior_std, device=device, dtype=dtype)[0]
 
 
 def conditions_for_seeds(seeds, cond_spec: CondSpec, data_shape: Sequence[int], table: Optional[Tensor] = None):
