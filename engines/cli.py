@@ -9,8 +9,7 @@ from ..cli import main as indis_main
 from ..discretization import Discretization
 from ..export.onnx_export import check_profile
 from ..export.pipeline import export_folder
-from ..export.sigmas import check_prompt_table
-from ..io import EXPORT, claim_folder, load_tensors
+from ..io import EXPORT, claim_folder, load_prompt_table
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.seeds import parse_seeds
@@ -49,12 +48,7 @@ def run_export(args) -> int:
     bb = resolve_backbone(args.backbone)
     table = None
     if args.prompt_table:
-        tensors = load_tensors(args.prompt_table)[0]
-        if "table" not in tensors:
-            raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] prompt conditions)")
-        table = tensors["table"].float()
-    if seeds is not None:  # before the export writes anything
-        check_prompt_table(bb, table, "--sigmas-seeds")
+        table = load_prompt_table(args.prompt_table).float()
     meta = {}
     if args.predictor:
         model, meta = load_predictor(args.predictor, bb.backbone_id)

@@ -79,6 +79,15 @@ def save_tensors(path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict
 
 def load_tensors(path, device="cpu") -> Tuple[Dict[str, torch.Tensor], Dict]:
     """Inverse of save_tensors. A missing, truncated or foreign file gets a ValueError naming it."""
+    return _read_safetensors(path, device, with_tensors=True)
+
+
+def load_metadata(path) -> Dict:
+    """The INDIS metadata of a file written by save_tensors, read from its header alone (no tensor is loaded)."""
+    return _read_safetensors(path, "cpu", with_tensors=False)[1]
+
+
+def _read_safetensors(path, device, with_tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -87,12 +96,21 @@ def load_tensors(path, device="cpu") -> Tuple[Dict[str, torch.Tensor], Dict]:
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as e:  # safetensors raises its own error types for corrupt headers/short files
         raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     if META_KEY not in meta:
         raise ValueError(f"{path} has no INDIS metadata; it was not written by indis")
     return tensors, json.loads(meta[META_KEY])
+
+
+def load_prompt_table(path, what: str = "--prompt-table") -> torch.Tensor:
+    """The prompt table [M, dim] (one condition row per prompt) stored as the tensor 'table' of a safetensors file."""
+    tensors = load_tensors(path)[0]
+    if "table" not in tensors:
+        raise ValueError(f"{what} {path} holds no tensor named 'table' ([M, dim] prompt conditions, one row per "
+                         f"prompt); it has {sorted(tensors)}")
+    return tensors["table"]
 
 
 def load_pickle(path, trust: bool = False):

@@ -25,7 +25,7 @@ from ..engines.cli import add_sample_options, sample_from_engines
 from ..engines.spec import BACKBONE_HELP, resolve_backbone
 from ..evaluate import evaluate_methods, plot_timesteps, write_results
 from ..export.manifest import load_manifest
-from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_tensors
+from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_metadata, load_prompt_table
 from ..metrics import fid
 from ..metrics.distances import LPIPS
 from ..metrics.inception import inception_feature_fn
@@ -62,11 +62,7 @@ def run_teacher(args) -> int:
     bb = load_backbone_spec(args.backbone)
     table = None
     if args.prompt_table:
-        tensors = load_tensors(args.prompt_table)[0]
-        if "table" not in tensors:
-            raise ValueError(f"--prompt-table {args.prompt_table} holds no tensor named 'table' ([M, dim] pooled prompt "
-                             f"embeddings); it has {sorted(tensors)}")
-        table = tensors["table"]
+        table = load_prompt_table(args.prompt_table)
     cfg = TeacherConfig(count=args.count, first_seed=args.first_seed, shard_size=args.shard_size, solver=args.solver,
                         steps=args.steps, schedule=args.schedule, order=args.order, cfg_scale=args.cfg_scale,
                         state_dtype=args.state_dtype, batch_size=args.batch_size)
@@ -190,7 +186,7 @@ def _check_sample_options(args):
         if args.schedule is not None:
             raise ValueError("--schedule applies to sampling without a predictor; the predictor makes its own schedule")
         if args.nfe is not None:
-            nfe = load_tensors(args.predictor)[1].get("nfe")
+            nfe = load_metadata(args.predictor).get("nfe")
             if nfe is not None and args.nfe != int(nfe):
                 raise ValueError(f"--nfe {args.nfe} conflicts with the predictor {args.predictor}, which was trained "
                                  f"for {nfe} steps; leave --nfe out")

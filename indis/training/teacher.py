@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..backbones.base import CondSpec, parse_dtype
-from ..io import TEACHER, atomic_write_json, claim_folder, load_tensors, save_tensors, sha256_file
+from ..io import TEACHER, atomic_write_json, claim_folder, load_prompt_table, load_tensors, save_tensors, sha256_file
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.seeds import draw
 from ..schedules import get_schedule
@@ -335,7 +335,7 @@ def load_teacher(root, backbone=None, verify: bool = True) -> TeacherDataset:
             ids.append(t["prompt_index"])
     table = None
     if m.get("prompt_table_sha256"):
-        table = load_tensors(root / "prompt_table.safetensors")[0]["table"]
+        table = load_prompt_table(root / "prompt_table.safetensors", "the teacher set's prompt table")
         if verify and _tensor_sha(table) != m["prompt_table_sha256"]:
             raise ValueError(f"{root}/prompt_table.safetensors: checksum mismatch")
     ds = TeacherDataset(root, m, torch.cat(seeds), torch.cat(xs), torch.cat(cs) if cs else None, table,
