@@ -303,18 +303,6 @@ void cpu_dispatch_coef(const IndisUpdateArgs& a) {
 }
 
 // ---- checks ----------------------------------------------------------------------------------
-struct Span {
-  const char* name;
-  uintptr_t lo, hi;
-};
-
-Span span_of(const at::Tensor& t, const char* name) {
-  const auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
-  return {name, lo, lo + static_cast<uintptr_t>(t.numel()) * t.element_size()};
-}
-
-bool overlap(const Span& a, const Span& b) { return a.lo < b.hi && b.lo < a.hi && a.hi > a.lo && b.hi > b.lo; }
-
 void check_like(const at::Tensor& t, const std::string& name, const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.defined(), name, " is None / undefined");
   TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device(),

@@ -15,6 +15,20 @@
 
 namespace indis {
 
+// The bytes [lo, hi) a tensor's elements span (contiguous tensors), for overlap checks between buffers.
+struct Span {
+  const char* name;
+  uintptr_t lo, hi;
+};
+
+inline Span span_of(const at::Tensor& t, const char* name) {
+  const auto lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {name, lo, lo + static_cast<uintptr_t>(t.numel()) * t.element_size()};
+}
+
+// Two non-empty spans share at least one byte.
+inline bool overlap(const Span& a, const Span& b) { return a.lo < b.hi && b.lo < a.hi && a.hi > a.lo && b.hi > b.lo; }
+
 // A tensor whose memory holds its values as read: a negative-bit view (e.g. a complex tensor's
 // .conj().imag) or a conjugate view is materialised (one copy); any other tensor is returned as is.
 // The native entry points read data_ptr() of their inputs through this: the bits are not the values.

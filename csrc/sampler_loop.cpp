@@ -52,13 +52,6 @@ bool intact(const at::Tensor& t, const void* ptr, at::IntArrayRef sizes, at::Sca
          st.nbytes() >= static_cast<size_t>((t.storage_offset() + t.numel()) * static_cast<int64_t>(t.element_size()));
 }
 
-bool spans_overlap(const at::Tensor& a, const at::Tensor& b) {
-  const auto a0 = reinterpret_cast<uintptr_t>(a.data_ptr()), b0 = reinterpret_cast<uintptr_t>(b.data_ptr());
-  const auto a1 = a0 + static_cast<uintptr_t>(a.numel() * a.element_size());
-  const auto b1 = b0 + static_cast<uintptr_t>(b.numel() * b.element_size());
-  return a0 < b1 && b0 < a1 && a1 > a0 && b1 > b0;
-}
-
 py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tensor& timesteps,
                      const c10::optional<at::Tensor>& dtau_in, const c10::optional<at::Tensor>& gamma_in,
                      const std::string& solver, int order, const std::string& process,
@@ -211,7 +204,7 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
           // call) has overwritten a history entry still in use: rerun with the copying ring.
           for (int j = 0; j < M; ++j) {
             if (j == slot || ring_ptr[j] == nullptr) continue;
-            if (spans_overlap(pred, ring[j])) return false;
+            if (overlap(span_of(pred, "pred"), span_of(ring[j], "ring"))) return false;
           }
           // The ring keeps pred across the in-place state update: it must not share memory with the
           // state (e.g. a backbone returning x or a view of it).
