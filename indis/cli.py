@@ -1,5 +1,6 @@
-"""`indis` command line. Each feature module registers its own subcommands via `add_subparsers(subparsers)`;
-the handlers are imported lazily so that `indis --help` stays fast. Expected errors (bad options or files,
+"""`indis` command line. Each feature module registers its own subcommands via `add_subparsers(subparsers)`
+(optional dependencies such as diffusers, onnxruntime and TensorRT are imported only by the commands that use
+them). Expected errors (bad options or files,
 refused folders, unreadable or unwritable paths) end the command with a one-line message and exit code 2."""
 from __future__ import annotations
 

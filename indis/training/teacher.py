@@ -116,11 +116,15 @@ def _shard_done(out: Path, i: int) -> Optional[Dict]:
 def _bad_shards(out: Path, manifest: Dict) -> List[int]:
     """Indices of the shards of a complete manifest whose file is missing or does not have the manifest's
     sha256 (corrupted, truncated, replaced or deleted)."""
+    entries: Dict = {}
+    for s in manifest.get("shards", []):
+        if isinstance(s, dict):
+            entries.setdefault(s.get("index"), []).append(s)
     bad = []
     for i in range(manifest["num_shards"]):
-        entries = [s for s in manifest.get("shards", []) if isinstance(s, dict) and s.get("index") == i]
+        mine = entries.get(i, [])
         f = out / f"{_shard_name(i)}.safetensors"
-        if len(entries) != 1 or not f.is_file() or sha256_file(f) != entries[0].get("sha256"):
+        if len(mine) != 1 or not f.is_file() or sha256_file(f) != mine[0].get("sha256"):
             bad.append(i)
     return bad
 
