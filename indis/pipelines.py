@@ -27,15 +27,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .backbones.diffusers import (DiffusersAdapter, DiscreteSchedule, model_output_to_indis, pack_text_cond,
-                                 require_diffusers, resolve_prediction_type)
+from .backbones.diffusers import (DiffusersAdapter, DiscreteSchedule, default_schedule, model_output_to_indis,
+                                 model_timesteps, pack_text_cond, require_diffusers, resolve_prediction_type)
 from .discretization import Discretization
 from .native import FastSampler
 from .processes import _bcast, get_process
 from .sampling.guidance import GuidedBackbone
 from .sampling.load import load_predictor
 from .sampling.seeds import draw, unit_noise_from_generators
-from .schedules import get_schedule, shifted_uniform
 from .solvers import _check_schedule, get_solver, linear_form, unpack_discretization
 
 require_diffusers()
@@ -373,9 +372,7 @@ class IndisScheduler(SchedulerMixin, ConfigMixin):
 
     def model_timesteps(self, t: Tensor) -> Tensor:
         """The model timestep of process times t (as DiffusersAdapter.model_timesteps)."""
-        if self.discrete is not None:
-            return self.discrete.timestep(-self.process.log_snr(t))
-        return t * float(self.config.timestep_scale)
+        return model_timesteps(self.process, self.discrete, self.config.timestep_scale, t)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, sigmas=None, timesteps=None,
                       discretization: Optional[Discretization] = None, dtau=None, gamma=None):
@@ -399,8 +396,7 @@ class IndisScheduler(SchedulerMixin, ConfigMixin):
         elif timesteps is not None:
             ts = torch.as_tensor(timesteps, dtype=torch.float64)
         else:
-            ts = (shifted_uniform(num_inference_steps, p.t0, p.T, shift=float(self.config.shift))
-                  if p.name == "flow" else get_schedule("uniform", p, num_inference_steps))
+            ts = default_schedule(p, num_inference_steps, float(self.config.shift))
         ts = torch.as_tensor(ts).detach()
         rows = [v.shape[0] for v in (ts, dtau, gamma) if v is not None and torch.as_tensor(v).dim() == 2]
         ts, n, dtau, gamma = _check_schedule(p, torch.zeros(max(rows, default=1), 1), ts, dtau, gamma)

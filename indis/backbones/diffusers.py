@@ -332,6 +332,23 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
     return out
 
 
+def default_schedule(process, n: int, shift: float = 1.0) -> Tensor:
+    """A diffusers model's default n-step schedule: uniform in the process's time, flow models shifted by `shift`."""
+    if process.name != "flow":
+        return get_schedule("uniform", process, n)
+    return shifted_uniform(n, process.t0, process.T, shift=shift)
+
+
+def model_timesteps(process, discrete, timestep_scale: Optional[float], t: Tensor) -> Tensor:
+    """The timestep a diffusers network is called at for process time t [B] (in t's dtype, at least float32): the
+    discrete schedule's timestep of t's log-SNR (timestep_scale unused), or t * timestep_scale for continuous-time models."""
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    if discrete is not None:
+        return discrete.timestep(-process.log_snr(t))
+    return t * timestep_scale
+
+
 def video_patch(model_config) -> Tuple[int, int]:
     """(patch_size_t, patch_size) of an LTX-Video transformer config (1 where absent): the latent is packed into
     tokens of pt x ps x ps positions."""
@@ -668,18 +685,11 @@ class DiffusersAdapter(Backbone):
             flux_module.apply_rotary_emb = original
 
     def default_timesteps(self, n: int) -> Tensor:
-        p = self.process
-        if p.name != "flow":
-            return get_schedule("uniform", p, n)
-        return shifted_uniform(n, p.t0, p.T, shift=self.shift)
+        return default_schedule(self.process, n, self.shift)
 
     def model_timesteps(self, t: Tensor) -> Tensor:
         """The timestep the network is called at for process time t [B] (in t's dtype, at least float32)."""
-        if t.dtype not in (torch.float32, torch.float64):
-            t = t.float()
-        if self.discrete is not None:
-            return self.discrete.timestep(-self.process.log_snr(t))
-        return t * self.timestep_scale
+        return model_timesteps(self.process, self.discrete, self.timestep_scale, t)
 
     def _text(self, cond: Tensor, dtype) -> Tuple[Tensor, Optional[Tensor]]:
         """(encoder_hidden_states [B, L, D], pooled [B, P] or None) from a packed text condition."""
