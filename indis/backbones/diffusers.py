@@ -341,7 +341,8 @@ def default_schedule(process, n: int, shift: float = 1.0) -> Tensor:
 
 def model_timesteps(process, discrete, timestep_scale: Optional[float], t: Tensor) -> Tensor:
     """The timestep a diffusers network is called at for process time t [B] (in t's dtype, at least float32): the
-    discrete schedule's timestep of t's log-SNR (timestep_scale unused), or t * timestep_scale for continuous-time models."""
+    discrete schedule's timestep of t's log-SNR (timestep_scale unused), or t * timestep_scale for continuous-time
+    models."""
     if t.dtype not in (torch.float32, torch.float64):
         t = t.float()
     if discrete is not None:
