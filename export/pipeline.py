@@ -184,8 +184,8 @@ def _maybe_sha(path) -> Optional[str]:
 # ------------------------------------------------------------------------------------------------
 # TensorRT engines and their cache entries
 # ------------------------------------------------------------------------------------------------
-def trt_key_fields(manifest: Dict, network: str, precision: str, trt_env: Dict) -> Dict:
-    onnx_entry = mf.artifact_entry("the export folder", manifest, f"{network}.onnx")
+def trt_key_fields(folder, manifest: Dict, network: str, precision: str, trt_env: Dict) -> Dict:
+    onnx_entry = mf.artifact_entry(folder, manifest, f"{network}.onnx")
     if not isinstance(onnx_entry.get("profile_shapes"), dict) or not isinstance(onnx_entry.get("sha256"), str):
         raise mf.ArtifactError(f"the manifest entry of {network}.onnx has no profile_shapes / sha256; re-run the export")
     opts = trt_backend.builder_options(precision)
@@ -197,7 +197,7 @@ def build_trt_engine(folder, manifest: Dict, network: str, precision: str, trt_e
     """Build the engine of one network into folder/trt and record it in `manifest` (not yet written)."""
     folder = Path(folder)
     mf.verify_file(folder, f"{network}.onnx", mf.artifact_entry(folder, manifest, f"{network}.onnx"))
-    fields = trt_key_fields(manifest, network, precision, trt_env)
+    fields = trt_key_fields(folder, manifest, network, precision, trt_env)
     key = mf.engine_cache_key(fields)
     name = mf.engine_file_name(network, key)
     res = trt_backend.build_engine(folder / f"{network}.onnx", folder / name, manifest["artifacts"][f"{network}.onnx"]["profile_shapes"],
@@ -221,7 +221,7 @@ def resolve_trt_engine(folder, manifest: Dict, network: str, precision: Optional
     precision = precision or manifest.get("precision") or "fp32"
     if trt_env is None:
         trt_env = trt_backend.trt_environment()
-    current = trt_key_fields(manifest, network, precision, trt_env)
+    current = trt_key_fields(folder, manifest, network, precision, trt_env)
     found = mf.find_engine_entry(manifest, network, precision)
     reasons = ["no engine was built for it"] if found is None else mf.stale_reasons(found[1], current)
     if not reasons:
