@@ -1,10 +1,9 @@
-// indis._C: module definition, build information and the thin wrappers
-// around the plain-C CUDA entry points (csrc/cuda/indis_cuda.h).
+// indis._C: the pybind11 module definition and its build information.
 //
-// Kept light on purpose (no <torch/extension.h> here): functions on tensors
-// live in their own translation units and register through indis_native.h.
-#include <cstdint>
-#include <stdexcept>
+// Kept light on purpose (no torch tensor headers here): the sampler loop (csrc/sampler_loop.cpp) and the
+// TensorRT backbone (csrc/trt/) register their pybind11 functions through indis_native.h; the fused updates
+// are PyTorch custom operators registered with TORCH_LIBRARY when the module loads (csrc/fused_update.cpp,
+// torch.ops.indis.*).
 #include <string>
 
 #include <pybind11/pybind11.h>
@@ -88,26 +87,6 @@ int cuda_device_count() noexcept {
 #endif
 }
 
-void cuda_fill_ptr(std::uintptr_t ptr, float value, std::int64_t n, std::uintptr_t stream) {
-#ifdef INDIS_WITH_CUDA
-  if (n > 0 && ptr == 0) {
-    throw std::invalid_argument("cuda_fill_ptr: null device pointer");
-  }
-  const int err = indis_cuda_fill(ptr, value, n, stream);
-  if (err != 0) {
-    throw std::runtime_error(std::string("cuda_fill_ptr: CUDA error ") + std::to_string(err) + ": " +
-                             indis_cuda_error_string(err));
-  }
-#else
-  (void)ptr;
-  (void)value;
-  (void)n;
-  (void)stream;
-  throw std::runtime_error(
-      "cuda_fill_ptr: indis._C was built without CUDA (rebuild with nvcc available, or INDIS_CUDA=1)");
-#endif
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -122,11 +101,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count,
         "Number of visible CUDA devices; 0 when built without CUDA or when no driver/device "
         "is available. Never raises.");
-  m.def("cuda_fill_ptr", &cuda_fill_ptr, py::arg("ptr"), py::arg("value"), py::arg("n"),
-        py::arg("stream") = 0,
-        "Fill n float32 values at device address `ptr` with `value`, asynchronously on the CUDA "
-        "stream handle `stream` (an int, e.g. torch.cuda.current_stream().cuda_stream; 0 = "
-        "default stream). Raises RuntimeError on CUDA errors or when built without CUDA.");
-
-  indis::register_torch_ops(m);
+  indis::register_sampler_loop(m);
+#ifdef INDIS_WITH_TENSORRT
+  indis::register_tensorrt(m);
+#endif
 }

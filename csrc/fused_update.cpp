@@ -1,16 +1,23 @@
-// Fused multistep update on the CPU, and the torch-facing entry points _C.fused_update /
-// _C.fused_update_x0 (CPU and CUDA; the CUDA kernel is csrc/cuda/fused_update.cu).
+// Fused multistep update on the CPU, and the PyTorch custom operators torch.ops.indis.fused_update /
+// torch.ops.indis.fused_update_x0 (CPU, CUDA, Meta and Autograd kernels; the CUDA kernel itself is
+// csrc/cuda/fused_update.cu):
 //
 //   fused_update(out, x, hist, u, w):         out = u*x + sum_j w[:, j] * hist[j]
 //   fused_update_x0(out, x, pred, slot, hist, p, q, u, w):
 //       slot = p*x + q*pred;  out = u*x + w[:, 0]*slot + sum_{j>=1} w[:, j] * hist[j-1]
 //
-// One pass over memory; out may be x (in-place). See csrc/update_args.h for the contract.
-#include <torch/extension.h>
-
+// One pass over memory; out may be x (in-place). See csrc/update_args.h for the contract. The operators are
+// registered the way PyTorch documents custom C++ operators (TORCH_LIBRARY, "Custom C++ and CUDA Operators"):
+// the schema marks the written tensors (Tensor(a!)), the Meta kernel checks metadata only (FakeTensor,
+// torch.compile), the Autograd kernel refuses tensors that require grad, and ADInplaceOrView bumps the
+// version counters of the written tensors. On CUDA the kernels run on the caller's current stream.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -303,67 +310,39 @@ void cpu_dispatch_coef(const IndisUpdateArgs& a) {
 }
 
 // ---- checks ----------------------------------------------------------------------------------
+// The checks read metadata only (symbolic sizes under torch.compile's dynamic shapes), so the Meta kernel runs
+// them too; `real` adds the ones that read memory (finite coefficients, overlapping buffers).
 void check_like(const at::Tensor& t, const std::string& name, const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.defined(), name, " is None / undefined");
   TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device(),
                     "; all tensors must be on one device");
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has dtype ",
                    x.scalar_type(), "; state and history must share one dtype (float32, float64, float16 or bfloat16)");
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has shape ", x.sizes());
+  TORCH_CHECK_VALUE(t.sym_sizes() == x.sym_sizes(), name, " has shape ", t.sym_sizes(), " but x has shape ",
+                    x.sym_sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
 }
 
-void check_coef(const at::Tensor& c, const char* name, const at::Tensor& x, int64_t batch, int64_t cols,
-                at::ScalarType coef_type, bool check_finite) {
+void check_coef(const at::Tensor& c, const char* name, const at::Tensor& x, int64_t cols, at::ScalarType coef_type,
+                bool check_finite) {
   TORCH_CHECK_VALUE(c.defined(), name, " is None / undefined");
   TORCH_CHECK_VALUE(c.device() == x.device(), name, " is on ", c.device(), " but x is on ", x.device());
   TORCH_CHECK_TYPE(c.scalar_type() == at::kFloat || c.scalar_type() == at::kDouble, name,
                    " must be float32 or float64, got ", c.scalar_type());
   TORCH_CHECK_TYPE(c.scalar_type() == coef_type, name, " has dtype ", c.scalar_type(), " but u has dtype ", coef_type,
                    "; coefficients must share one dtype");
+  const c10::SymInt batch = x.sym_size(0);
   if (cols < 0) {
-    TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == batch, name, " must have shape [", batch,
-                      "] (one coefficient per sample), got ", c.sizes());
+    TORCH_CHECK_VALUE(c.dim() == 1 && c.sym_size(0) == batch, name, " must have shape [", batch,
+                      "] (one coefficient per sample), got ", c.sym_sizes());
   } else {
-    TORCH_CHECK_VALUE(c.dim() == 2 && c.size(0) == batch && c.size(1) == cols, name, " must have shape [", batch, ", ",
-                      cols, "] (one column per history entry), got ", c.sizes());
+    TORCH_CHECK_VALUE(c.dim() == 2 && c.sym_size(0) == batch && c.sym_size(1) == cols, name, " must have shape [",
+                      batch, ", ", cols, "] (one column per history entry), got ", c.sym_sizes());
   }
   if (check_finite && c.numel() > 0) {
     TORCH_CHECK_VALUE(at::isfinite(c).all().item<bool>(), name,
                       " contains NaN or inf (check the timesteps / gamma the coefficients were computed from)");
   }
-}
-
-void check_no_grad(const std::vector<const at::Tensor*>& ts) {
-  if (!at::GradMode::is_enabled()) return;
-  for (const at::Tensor* t : ts) {
-    TORCH_CHECK_VALUE(!(t->defined() && t->requires_grad()),
-                      "the fused update is not differentiable (it writes through raw pointers); call it under "
-                      "torch.no_grad() or use indis.solvers.sample for training");
-  }
-}
-
-void launch(const IndisUpdateArgs& a, const at::Tensor& x, std::uintptr_t stream) {
-  if (x.is_cuda()) {
-#ifdef INDIS_WITH_CUDA
-    run_update(a, true, stream);
-#else
-    (void)stream;
-    TORCH_CHECK(false, "indis._C was built without CUDA, cannot update CUDA tensors (rebuild with nvcc available)");
-#endif
-  } else {
-    pybind11::gil_scoped_release nogil;
-    run_update(a, false, stream);
-  }
-}
-
-void fill_coefs(IndisUpdateArgs& a, const at::Tensor& u, const at::Tensor& w) {
-  a.coef_dtype = u.scalar_type() == at::kDouble ? INDIS_F64 : INDIS_F32;
-  a.u = u.data_ptr();
-  a.u_sb = u.stride(0);
-  a.w = w.data_ptr();
-  a.w_sb = w.stride(0);
-  a.w_sj = w.stride(1);
 }
 
 // A tensor the kernel writes must hold its values in plain memory: a negative-bit or conjugate view would
@@ -379,29 +358,57 @@ void check_state(const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.defined(), "x is None / undefined");
   data_dtype_code(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have shape [B, ...] (at least one dimension), got a scalar");
-  TORCH_CHECK_VALUE(x.device().is_cpu() || x.device().is_cuda(), "x is on ", x.device(), "; only CPU and CUDA are supported");
+  TORCH_CHECK_VALUE(x.device().is_cpu() || x.device().is_cuda() || x.device().is_meta(), "x is on ", x.device(),
+                    "; only CPU and CUDA are supported");
   TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous (call .contiguous() first)");
   check_like(out, "out", x);
   check_writable(out, "out");
 }
 
-void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::Tensor>& hist, const at::Tensor& u,
-                     const at::Tensor& w, bool check_finite, std::uintptr_t stream) {
+void check_no_grad(std::initializer_list<const at::Tensor*> ts, at::TensorList hist) {
+  auto bad = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
+  bool any = false;
+  for (const at::Tensor* t : ts) any = any || bad(*t);
+  for (const at::Tensor& t : hist) any = any || bad(t);
+  TORCH_CHECK_VALUE(!(any && at::GradMode::is_enabled()),
+                    "the fused update is not differentiable (it writes through raw pointers); call it under "
+                    "torch.no_grad() or use indis.solvers.sample for training");
+}
+
+void launch(const IndisUpdateArgs& a, const at::Tensor& x) {
+  if (x.is_cuda()) {
+#ifdef INDIS_WITH_CUDA
+    run_update(a, true, current_cuda_stream(x.device()));
+#else
+    TORCH_CHECK(false, "indis._C was built without CUDA, cannot update CUDA tensors (rebuild with nvcc available)");
+#endif
+  } else {
+    run_update(a, false, 0);
+  }
+}
+
+void fill_coefs(IndisUpdateArgs& a, const at::Tensor& u, const at::Tensor& w) {
+  a.coef_dtype = u.scalar_type() == at::kDouble ? INDIS_F64 : INDIS_F32;
+  a.u = u.data_ptr();
+  a.u_sb = u.stride(0);
+  a.w = w.data_ptr();
+  a.w_sb = w.stride(0);
+  a.w_sj = w.stride(1);
+}
+
+// Everything but the kernel: checks (all of them when `real`, metadata only on Meta tensors), then the pointers.
+void fused_update_impl(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                       const at::Tensor& w, bool check_finite, bool real) {
   check_state(out, x);
   const int64_t m = static_cast<int64_t>(hist.size());
   TORCH_CHECK_VALUE(m >= 1 && m <= INDIS_MAX_HIST, "hist must hold 1 to ", INDIS_MAX_HIST,
                     " tensors (the solver order M), got ", m);
-  std::vector<Span> spans;
-  for (int64_t j = 0; j < m; ++j) {
-    check_like(hist[j], "hist[" + std::to_string(j) + "]", x);
-  }
-  const int64_t B = x.size(0);
+  for (int64_t j = 0; j < m; ++j) check_like(hist[j], "hist[" + std::to_string(j) + "]", x);
   TORCH_CHECK_VALUE(u.defined(), "u is None / undefined");
-  check_coef(u, "u", x, B, -1, u.scalar_type(), check_finite);
-  check_coef(w, "w", x, B, m, u.scalar_type(), check_finite);
-  std::vector<const at::Tensor*> all{&out, &x, &u, &w};
-  for (const auto& h : hist) all.push_back(&h);
-  check_no_grad(all);
+  check_coef(u, "u", x, -1, u.scalar_type(), check_finite && real);
+  check_coef(w, "w", x, m, u.scalar_type(), check_finite && real);
+  check_no_grad({&out, &x, &u, &w}, hist);
+  if (!real) return;
   // out may be x itself; it must not overlap any history entry (that would destroy the history).
   const Span so = span_of(out, "out"), sx = span_of(x, "x");
   TORCH_CHECK_VALUE(so.lo == sx.lo || !overlap(so, sx), "out partially overlaps x (it may be x itself or disjoint)");
@@ -413,6 +420,7 @@ void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::
   const at::Tensor xr = resolved(x), ur = resolved(u), wr = resolved(w);
   std::vector<at::Tensor> hr;
   for (const auto& h : hist) hr.push_back(resolved(h));
+  const int64_t B = x.size(0);
   IndisUpdateArgs a{};
   a.out = out.data_ptr();
   a.x = xr.data_ptr();
@@ -424,12 +432,12 @@ void fused_update_py(at::Tensor out, const at::Tensor& x, const std::vector<at::
   a.batch = B;
   a.inner = B > 0 ? x.numel() / B : 0;
   fill_coefs(a, ur, wr);
-  launch(a, x, stream);
+  launch(a, x);
 }
 
-void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& pred, at::Tensor slot,
-                        const std::vector<at::Tensor>& hist, const at::Tensor& p, const at::Tensor& q,
-                        const at::Tensor& u, const at::Tensor& w, bool check_finite, std::uintptr_t stream) {
+void fused_update_x0_impl(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred, const at::Tensor& slot,
+                          at::TensorList hist, const at::Tensor& p, const at::Tensor& q, const at::Tensor& u,
+                          const at::Tensor& w, bool check_finite, bool real) {
   check_state(out, x);
   check_like(pred, "pred", x);
   check_like(slot, "slot", x);
@@ -438,15 +446,14 @@ void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& p
   TORCH_CHECK_VALUE(m <= INDIS_MAX_HIST, "hist must hold 0 to ", INDIS_MAX_HIST - 1,
                     " older entries (the solver order M minus the new one), got ", m - 1);
   for (size_t j = 0; j < hist.size(); ++j) check_like(hist[j], "hist[" + std::to_string(j) + "]", x);
-  const int64_t B = x.size(0);
   TORCH_CHECK_VALUE(u.defined(), "u is None / undefined");
-  check_coef(u, "u", x, B, -1, u.scalar_type(), check_finite);
-  check_coef(p, "p", x, B, -1, u.scalar_type(), check_finite);
-  check_coef(q, "q", x, B, -1, u.scalar_type(), check_finite);
-  check_coef(w, "w", x, B, m, u.scalar_type(), check_finite);
-  std::vector<const at::Tensor*> all{&out, &x, &pred, &slot, &p, &q, &u, &w};
-  for (const auto& h : hist) all.push_back(&h);
-  check_no_grad(all);
+  const bool fin = check_finite && real;
+  check_coef(u, "u", x, -1, u.scalar_type(), fin);
+  check_coef(p, "p", x, -1, u.scalar_type(), fin);
+  check_coef(q, "q", x, -1, u.scalar_type(), fin);
+  check_coef(w, "w", x, m, u.scalar_type(), fin);
+  check_no_grad({&out, &x, &pred, &slot, &p, &q, &u, &w}, hist);
+  if (!real) return;
   const Span so = span_of(out, "out"), sx = span_of(x, "x"), ss = span_of(slot, "slot"), sp = span_of(pred, "pred");
   TORCH_CHECK_VALUE(so.lo == sx.lo || !overlap(so, sx), "out partially overlaps x (it may be x itself or disjoint)");
   TORCH_CHECK_VALUE(!overlap(so, sp), "out overlaps pred");
@@ -461,6 +468,7 @@ void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& p
                    qr = resolved(q);
   std::vector<at::Tensor> hr;
   for (const auto& h : hist) hr.push_back(resolved(h));
+  const int64_t B = x.size(0);
   IndisUpdateArgs a{};
   a.out = out.data_ptr();
   a.x = xr.data_ptr();
@@ -478,7 +486,53 @@ void fused_update_x0_py(at::Tensor out, const at::Tensor& x, const at::Tensor& p
   a.p_sb = pr.stride(0);
   a.q = qr.data_ptr();
   a.q_sb = qr.stride(0);
-  launch(a, x, stream);
+  launch(a, x);
+}
+
+// ---- operator kernels --------------------------------------------------------------------------
+// CPU and CUDA (one function: the device decides the kernel), Meta (metadata checks only, no outputs to
+// describe: the operators return nothing), Autograd (refuse tensors that require grad, then continue below).
+void fused_update_kernel(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                         const at::Tensor& w, bool check_finite) {
+  fused_update_impl(out, x, hist, u, w, check_finite, true);
+}
+
+void fused_update_meta(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                       const at::Tensor& w, bool check_finite) {
+  fused_update_impl(out, x, hist, u, w, check_finite, false);
+}
+
+void fused_update_x0_kernel(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred, const at::Tensor& slot,
+                            at::TensorList hist, const at::Tensor& p, const at::Tensor& q, const at::Tensor& u,
+                            const at::Tensor& w, bool check_finite) {
+  fused_update_x0_impl(out, x, pred, slot, hist, p, q, u, w, check_finite, true);
+}
+
+void fused_update_x0_meta(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred, const at::Tensor& slot,
+                          at::TensorList hist, const at::Tensor& p, const at::Tensor& q, const at::Tensor& u,
+                          const at::Tensor& w, bool check_finite) {
+  fused_update_x0_impl(out, x, pred, slot, hist, p, q, u, w, check_finite, false);
+}
+
+void fused_update_autograd(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                           const at::Tensor& w, bool check_finite) {
+  check_no_grad({&out, &x, &u, &w}, hist);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("indis::fused_update", "")
+                             .typed<decltype(fused_update_kernel)>();
+  at::AutoDispatchBelowAutograd below;  // next: ADInplaceOrView (version counters), then the device kernel
+  op.call(out, x, hist, u, w, check_finite);
+}
+
+void fused_update_x0_autograd(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred,
+                              const at::Tensor& slot, at::TensorList hist, const at::Tensor& p, const at::Tensor& q,
+                              const at::Tensor& u, const at::Tensor& w, bool check_finite) {
+  check_no_grad({&out, &x, &pred, &slot, &p, &q, &u, &w}, hist);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("indis::fused_update_x0", "")
+                             .typed<decltype(fused_update_x0_kernel)>();
+  at::AutoDispatchBelowAutograd below;
+  op.call(out, x, pred, slot, hist, p, q, u, w, check_finite);
 }
 
 }  // namespace
@@ -528,22 +582,45 @@ void run_update(const IndisUpdateArgs& a, bool on_cuda, std::uintptr_t stream) {
   }
 }
 
-void register_fused_update(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def("fused_update", &fused_update_py, py::arg("out"), py::arg("x"), py::arg("hist"), py::arg("u"), py::arg("w"),
-        py::arg("check_finite") = true, py::arg("stream") = 0,
-        "out = u[b] * x + sum_j w[b, j] * hist[j], in one pass over memory (M = len(hist) in 1..4, newest first).\n"
-        "x, out, hist: contiguous [B, ...] tensors of one dtype (float32/float64/float16/bfloat16) on one device; "
-        "out may be x (in-place). u [B], w [B, M]: float32/float64 coefficients (any strides). Accumulates in "
-        "float32 (float64 for float64 data). check_finite: reject NaN/inf coefficients (synchronises on CUDA). "
-        "stream: CUDA stream handle (torch.cuda.current_stream().cuda_stream); ignored on the CPU.");
-  m.def("fused_update_x0", &fused_update_x0_py, py::arg("out"), py::arg("x"), py::arg("pred"), py::arg("slot"),
-        py::arg("hist"), py::arg("p"), py::arg("q"), py::arg("u"), py::arg("w"), py::arg("check_finite") = true,
-        py::arg("stream") = 0,
-        "The update with the newest history entry formed in the same pass (2 writes):\n"
-        "  slot = p[b] * x + q[b] * pred;  out = u[b] * x + w[b, 0] * slot + sum_{j>=1} w[b, j] * hist[j-1].\n"
-        "Used for DPM-Solver++ (slot = x0_hat = (x - sigma gamma eps) / alpha) and for x0/velocity-prediction "
-        "backbones (slot = eps). hist: 0..3 older entries, newest first; w: [B, len(hist) + 1].");
+std::uintptr_t current_cuda_stream(const c10::Device& device) {
+  TORCH_CHECK(device.is_cuda(), "current_cuda_stream: ", device, " is not a CUDA device");
+  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+  return reinterpret_cast<std::uintptr_t>(impl.getStream(device).native_handle());
 }
 
 }  // namespace indis
+
+// ---- registration --------------------------------------------------------------------------------
+TORCH_LIBRARY(indis, m) {
+  m.def("fused_update(Tensor(a!) out, Tensor x, Tensor[] hist, Tensor u, Tensor w, bool check_finite=True) -> ()");
+  m.def(
+      "fused_update_x0(Tensor(a!) out, Tensor x, Tensor pred, Tensor(b!) slot, Tensor[] hist, Tensor p, Tensor q, "
+      "Tensor u, Tensor w, bool check_finite=True) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(indis, CPU, m) {
+  m.impl("fused_update", &indis::fused_update_kernel);
+  m.impl("fused_update_x0", &indis::fused_update_x0_kernel);
+}
+
+#ifdef INDIS_WITH_CUDA
+TORCH_LIBRARY_IMPL(indis, CUDA, m) {
+  m.impl("fused_update", &indis::fused_update_kernel);
+  m.impl("fused_update_x0", &indis::fused_update_x0_kernel);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(indis, Meta, m) {
+  m.impl("fused_update", &indis::fused_update_meta);
+  m.impl("fused_update_x0", &indis::fused_update_x0_meta);
+}
+
+TORCH_LIBRARY_IMPL(indis, Autograd, m) {
+  m.impl("fused_update", &indis::fused_update_autograd);
+  m.impl("fused_update_x0", &indis::fused_update_x0_autograd);
+}
+
+TORCH_LIBRARY_IMPL(indis, ADInplaceOrView, m) {
+  m.impl("fused_update", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+  m.impl("fused_update_x0", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+}

@@ -12,7 +12,8 @@ class NativeBackbone {
  public:
   virtual ~NativeBackbone() = default;
   // pred <- backbone(x, t): x, pred [B, ...] contiguous in the state dtype, t [B]; asynchronous on
-  // `stream` for CUDA. Must not keep references to x or pred beyond the call.
+  // `stream` for CUDA (the sampler loop's: the caller's current stream). Must not keep references to x or
+  // pred beyond the call.
   virtual void run(const at::Tensor& x, const at::Tensor& t, at::Tensor& pred, std::uintptr_t stream) = 0;
   virtual const char* name() const = 0;
 };

@@ -1,14 +1,17 @@
 // The native sampler loop, _C.sample_loop: N backbone calls, each followed by one fused update
-// (csrc/fused_update.cpp, csrc/cuda/fused_update.cu), with coefficients for all steps computed once
-// up front (csrc/coeffs.h) and a preallocated ring buffer of past basis values.
+// (csrc/fused_update.cpp, csrc/cuda/fused_update.cu), with a preallocated ring buffer of past basis values.
+// The coefficients of all steps come in as tables computed by the Python solvers
+// (indis.solvers.step_tables: u, w, p, q, the call times and the order of each step); this file holds no
+// solver or process formula.
 //
 // Two ring modes:
-//   * references (eps-prediction backbone, eps-basis solver: Euler, iPNDM): the ring keeps the
-//     backbone's own output tensors (raw eps) and gamma is folded into w, so a step is one pass
+//   * references (pred_is_basis: eps-prediction backbone, eps-basis solver: Euler, iPNDM): the ring keeps
+//     the backbone's own output tensors (raw eps) and gamma is folded into w, so a step is one pass
 //     with M+1 reads and 1 write and the loop copies nothing;
 //   * buffer (x0/velocity prediction, or the x0-basis DPM-Solver++(2M), or a native backbone that
 //     reuses its output buffer): ring slots are preallocated once; each step forms the basis value
 //     h = p*x + q*pred in the same pass as the update (2 writes: slot and state).
+// On CUDA everything runs on the caller's current stream (the capture stream inside torch.cuda.graph).
 // The state x is updated in place. Per step the loop allocates no tensor memory itself; a Python
 // backbone allocates its own output, and an output in another dtype than the state is cast (one
 // allocation).
@@ -19,13 +22,15 @@
 // memory with a history entry still in use (a backbone that returns one buffer, overwritten every call)
 // is detected and the sample is recomputed with the copying ring (result "reuse_detected"); sign-bit
 // views (.conj().imag) of any input are materialised before their memory is read.
-#include <torch/extension.h>
+#include <torch/extension.h>  // at::Tensor <-> torch.Tensor pybind11 casters (libtorch_python)
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "indis_native.h"
 #include "native_backbone.h"
 #include "native_ops.h"
 
@@ -52,11 +57,31 @@ bool intact(const at::Tensor& t, const void* ptr, at::IntArrayRef sizes, at::Sca
          st.nbytes() >= static_cast<size_t>((t.storage_offset() + t.numel()) * static_cast<int64_t>(t.element_size()));
 }
 
-py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tensor& timesteps,
-                     const c10::optional<at::Tensor>& dtau_in, const c10::optional<at::Tensor>& gamma_in,
-                     const std::string& solver, int order, const std::string& process,
-                     const std::vector<double>& process_params, const std::string& prediction_type,
-                     bool reuses_output, std::uintptr_t stream, bool validate, bool timing) {
+// A [B, N] (or [B, N, M]) coefficient table: on x's device, in the coefficient dtype, with its sign, contiguous.
+at::Tensor table(const at::Tensor& t, const char* name, const at::Tensor& x, at::ScalarType coef_type, int64_t B,
+                 int64_t N, int64_t M) {
+  TORCH_CHECK_VALUE(t.defined(), name, " is None / undefined");
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x_T is on ", x.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == coef_type, name, " has dtype ", t.scalar_type(), "; the tables of a ",
+                   x.scalar_type(), " state are ", coef_type,
+                   " (float64 for a float64 state, else float32; indis.solvers.step_tables computes them in the dtype "
+                   "of the timesteps)");
+  const bool ok = M < 0 ? (t.dim() == 2 && t.size(0) == B && t.size(1) == N)
+                        : (t.dim() == 3 && t.size(0) == B && t.size(1) == N && t.size(2) == M);
+  if (M < 0) {
+    TORCH_CHECK_VALUE(ok, name, " must have shape [", B, ", ", N, "] (batch, steps), got ", t.sizes());
+  } else {
+    TORCH_CHECK_VALUE(ok, name, " must have shape [", B, ", ", N, ", M] (batch, steps, history), got ", t.sizes());
+  }
+  return resolved(t).contiguous();
+}
+
+bool all_finite(const at::Tensor& t) { return t.numel() == 0 || at::isfinite(t).all().item<bool>(); }
+
+py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tensor& u_in, const at::Tensor& w_in,
+                     const at::Tensor& p_in, const at::Tensor& q_in, const at::Tensor& t_call_in,
+                     const std::vector<int64_t>& orders, bool pred_is_basis, bool reuses_output, bool validate,
+                     bool timing) {
   // ---- inputs --------------------------------------------------------------------------------------
   TORCH_CHECK_VALUE(x_T.defined(), "x_T is None / undefined");
   const int dcode = data_dtype_code(x_T, "x_T (the state dtype)");
@@ -70,28 +95,37 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   const bool on_cuda = x_T.is_cuda();
   const int64_t B = x_T.size(0);
   // Coefficients in float64 for a float64 state, else float32 (as indis.solvers.sample, which computes
-  // them in the state dtype; here they are evaluated in float64 and rounded once).
+  // them in the state dtype; step_tables evaluates them in float64 and rounds once).
   const auto coef_type = x_T.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto prep = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.device() == x_T.device(), name, " is on ", t.device(), " but x_T is on ", x_T.device());
-    TORCH_CHECK_TYPE(t.is_floating_point(), name, " must be a floating-point tensor, got ", t.scalar_type());
-    return resolved(t.to(coef_type));
-  };
-  TORCH_CHECK_VALUE(timesteps.defined(), "timesteps is None / undefined");
-  const at::Tensor ts = prep(timesteps, "timesteps");
-  c10::optional<at::Tensor> dtau, gamma;
-  if (dtau_in.has_value() && dtau_in->defined()) dtau = prep(*dtau_in, "dtau");
-  if (gamma_in.has_value() && gamma_in->defined()) gamma = prep(*gamma_in, "gamma");
+  TORCH_CHECK_VALUE(u_in.defined() && u_in.dim() == 2 && u_in.size(1) >= 1, "u must have shape [B, N] with N >= 1 steps, got ",
+                    u_in.defined() ? u_in.sizes() : at::IntArrayRef{});
+  const int64_t N = u_in.size(1);
+  TORCH_CHECK_VALUE(w_in.defined() && w_in.dim() == 3 && w_in.size(2) >= 1 && w_in.size(2) <= INDIS_MAX_HIST,
+                    "w must have shape [B, N, M] with M (the solver order) in 1..", INDIS_MAX_HIST, ", got ",
+                    w_in.defined() ? w_in.sizes() : at::IntArrayRef{});
+  const int M = static_cast<int>(w_in.size(2));
+  const at::Tensor u = table(u_in, "u", x_T, coef_type, B, N, -1);
+  const at::Tensor w = table(w_in, "w", x_T, coef_type, B, N, M);
+  const at::Tensor p = table(p_in, "p", x_T, coef_type, B, N, -1);
+  const at::Tensor q = table(q_in, "q", x_T, coef_type, B, N, -1);
+  const at::Tensor tc = table(t_call_in, "t_call", x_T, coef_type, B, N, -1);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(orders.size()) == N, "orders must give the order of each of the ", N,
+                    " steps, got ", orders.size(), " entries");
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK_VALUE(orders[i] >= 1 && orders[i] <= M && orders[i] <= i + 1, "orders[", i, "] = ", orders[i],
+                      " must be in [1, min(M, i + 1)] = [1, ", std::min<int64_t>(M, i + 1),
+                      "]: step i uses the newest orders[i] history entries (", i + 1, " exist, the ring holds ", M, ")");
+  }
   const at::Tensor x_src = resolved(x_T);  // a sign-bit view (e.g. .conj().imag) is materialised first
   if (validate) {
-    TORCH_CHECK_VALUE(at::isfinite(x_src).all().item<bool>(), "x_T contains NaN or inf");
+    // (Synchronises on CUDA; the CUDA-graph path validates before capture and passes validate=False.)
+    TORCH_CHECK_VALUE(all_finite(x_src), "x_T contains NaN or inf");
+    TORCH_CHECK_VALUE(all_finite(tc), "t_call contains NaN or inf");
+    TORCH_CHECK_VALUE(all_finite(u) && all_finite(w) && all_finite(p) && all_finite(q),
+                      "the solver coefficients are NaN or inf; check that the times are inside the process's valid "
+                      "range and not too close together");
   }
-  const StepCoeffs C = compute_step_coeffs(solver, order, process, process_params, ts, dtau, gamma, prediction_type, B,
-                                           0, validate, stream);
-  const int64_t N = C.u.size(1);
-  const int M = C.M;
-  const int sk = parse_solver(solver);
-  const int pk = parse_pred(prediction_type);
+  const std::uintptr_t stream = on_cuda ? current_cuda_stream(x_T.device()) : 0;
 
   // ---- backbone -----------------------------------------------------------------------------------
   std::shared_ptr<NativeBackbone> native;
@@ -105,15 +139,15 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   at::NoGradGuard no_grad;
   const auto t_start = Clock::now();
   // per-step call times [N][B]
-  const at::Tensor tc_steps = C.tc.t().contiguous();
+  const at::Tensor tc_steps = tc.t().contiguous();
   std::vector<at::Tensor> t_call;
   t_call.reserve(N);
   for (int64_t i = 0; i < N; ++i) t_call.push_back(tc_steps[i]);
-  const char* u0 = static_cast<const char*>(C.u.data_ptr());
-  const char* w0 = static_cast<const char*>(C.w.data_ptr());
-  const char* p0 = static_cast<const char*>(C.p.data_ptr());
-  const char* q0 = static_cast<const char*>(C.q.data_ptr());
-  const int64_t esz = C.u.element_size();
+  const char* u0 = static_cast<const char*>(u.data_ptr());
+  const char* w0 = static_cast<const char*>(w.data_ptr());
+  const char* p0 = static_cast<const char*>(p.data_ptr());
+  const char* q0 = static_cast<const char*>(q.data_ptr());
+  const int64_t esz = u.element_size();
 
   double backbone_ms = 0.0, update_ms = 0.0;
   at::Tensor x;
@@ -215,7 +249,7 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
 
       // ---- fused update -------------------------------------------------------------------------
       t0 = Clock::now();
-      const int k = coeffs::step_order(sk, order, i);
+      const int k = static_cast<int>(orders[i]);
       for (int j = 0; j < INDIS_MAX_HIST; ++j) a.hist[j] = nullptr;
       for (int j = 1; j < k; ++j) a.hist[j] = ring_ptr[(slot - j + M) % M];
       if (buffered) {
@@ -235,13 +269,13 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
         run_update(a, true, stream);
       } else {
         py::gil_scoped_release nogil;
-        run_update(a, false, stream);
+        run_update(a, false, 0);
       }
       if (timing) update_ms += ms_since(t0);
     }
     return true;
   };
-  bool buffered = reuses_output || pk != coeffs::kPredEps || coeffs::solver_x0_basis(sk);
+  bool buffered = reuses_output || !pred_is_basis;
   bool reuse_detected = false;
   if (!run_pass(buffered)) {
     reuse_detected = true;
@@ -267,21 +301,23 @@ void register_sampler_loop(py::module_& m) {
   py::class_<NativeBackbone, std::shared_ptr<NativeBackbone>>(
       m, "NativeBackbone", "Base class of backbones evaluated without Python (e.g. TensorRT); not constructible.")
       .def_property_readonly("name", [](const NativeBackbone& b) { return std::string(b.name()); });
-  m.def("sample_loop", &sample_loop, py::arg("backbone"), py::arg("x_T"), py::arg("timesteps"),
-        py::arg("dtau") = py::none(), py::arg("gamma") = py::none(), py::arg("solver") = "ipndm", py::arg("order") = 4,
-        py::arg("process") = "edm", py::arg("process_params") = std::vector<double>{},
-        py::arg("prediction_type") = "eps", py::arg("reuses_output") = false, py::arg("stream") = 0,
-        py::arg("validate") = true, py::arg("timing") = true,
+  m.def("sample_loop", &sample_loop, py::arg("backbone"), py::arg("x_T"), py::kw_only(), py::arg("u"), py::arg("w"),
+        py::arg("p"), py::arg("q"), py::arg("t_call"), py::arg("orders"), py::arg("pred_is_basis"),
+        py::arg("reuses_output") = false, py::arg("validate") = true, py::arg("timing") = true,
         "Sample with N backbone calls, each followed by one fused update (no per-step allocation by the loop).\n"
         "backbone: a callable (x [B,...], t [B]) -> prediction (torch module, ONNX Runtime wrapper, ...; close "
         "over the condition) or an indis._C.NativeBackbone. x_T: the prior sample; its dtype is the state dtype "
-        "(float32/float64/float16/bfloat16; coefficients float64 for a float64 state, else float32). timesteps "
-        "[N+1] or [B,N+1], dtau/gamma [N] or [B,N] or None: the discretization. solver 'euler'|'ipndm'|'dpmpp_2m', "
-        "process 'edm'|'flow'|'vp_linear'|'vp_cosine' with process_params (see step_coeffs), prediction_type "
-        "'eps'|'x0'|'velocity'. reuses_output: the callable returns the same buffer every call (forces the "
-        "copying ring; a reused buffer is also detected, and the loop then reruns with the copying ring). stream: CUDA stream handle for the kernels. validate: check inputs (synchronises on CUDA; "
-        "pass False inside CUDA-graph capture). Returns a dict: x (the sample), steps, ring ('references' or "
-        "'buffer'), reuse_detected (a reused output buffer was found and the sample recomputed) and, if timing, backbone_ms, update_ms, loop_ms (host wall times).");
+        "(float32/float64/float16/bfloat16). The step tables, as indis.solvers.step_tables returns them "
+        "(C.sample_loop(fn, x_T, **tables._asdict())), float64 for a float64 state, else float32, on x_T's device: "
+        "u, p, q, t_call [B,N], w [B,N,M] (M <= 4), orders (N ints, step i uses the newest orders[i] history "
+        "entries), pred_is_basis (p = 0, q = 1: the ring may keep the backbone's outputs). Step i: pred = "
+        "backbone(x, t_call[:, i]); h_i = p x + q pred; x <- u x + sum_j w[:, i, j] h_{i-j}. reuses_output: the "
+        "callable returns the same buffer every call (forces the copying ring; a reused buffer is also detected, "
+        "and the loop then reruns with the copying ring). validate: check that x_T and the tables are finite "
+        "(synchronises on CUDA; pass False inside CUDA-graph capture). CUDA work runs on the current stream. "
+        "Returns a dict: x (the sample), steps, ring ('references' or 'buffer'), reuse_detected (a reused output "
+        "buffer was found and the sample recomputed) and, if timing, backbone_ms, update_ms, loop_ms (host wall "
+        "times).");
 }
 
 }  // namespace indis

@@ -1,30 +1,31 @@
-"""The compiled sampler core: fused multistep update, native coefficients and the native sampler loop.
+"""The compiled sampler core: fused multistep update and the native sampler loop.
 
 Python face of the C++/CUDA code in csrc/ (module ``indis._C``):
 
 * :func:`fused_update` / :func:`fused_update_x0`: x_next = u x + sum_j w_j h_j in one pass over memory
-  (per-sample u [B], w [B, M], M <= 4), CPU (OpenMP, SIMD) and CUDA (128-bit loads, caller's stream);
-* :func:`step_coeffs`: the per-sample coefficients of all N steps for Euler, iPNDM and DPM-Solver++(2M)
-  on the processes edm / flow / vp_linear / vp_cosine, computed natively (equal to
-  :func:`indis.solvers.linear_form`, which is the specification);
+  (per-sample u [B], w [B, M], M <= 4), CPU (OpenMP, SIMD) and CUDA (128-bit loads, the current stream); they
+  are PyTorch custom operators, ``torch.ops.indis.fused_update`` / ``fused_update_x0`` (FakeTensor-aware,
+  refuse autograd);
 * :func:`sample`: the native loop (N backbone calls + N fused updates, preallocated ring buffer), a drop-in
-  for :func:`indis.solvers.sample` for those solvers;
+  for :func:`indis.solvers.sample` for Euler, iPNDM and DPM-Solver++(2M). Its coefficients are the tables of
+  :func:`indis.solvers.step_tables`: the Python solvers are the only copy of the maths, csrc/ has no formula;
 * :class:`FastSampler`: predictor + backbone -> (samples, timings), picking the native path when it is
-  built and supports the inputs (else the Python solvers), with whole-loop CUDA-graph capture on CUDA.
+  built and supports the inputs (else the Python solvers), with whole-loop CUDA-graph capture on CUDA
+  (:mod:`indis.cuda_graphs`; the tables are recomputed inside the graph from its static schedule buffers).
 
 UniPC stays Python-only (its corrector needs the model output at the new point; indis.solvers.sample).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from . import _native
+from .cuda_graphs import GraphCache
 from .discretization import Discretization
-from .processes import EDMProcess, FlowOTProcess, Process, VPCosineProcess, VPLinearProcess, get_process
-from .solvers import _check_schedule, _resolve_model, get_solver, unpack_discretization
+from .solvers import _check_schedule, _resolve_model, get_solver, step_tables, unpack_discretization
 from .solvers import sample as python_sample
 
 Tensor = torch.Tensor
@@ -41,23 +42,10 @@ def _C():
     return _native.load()
 
 
-def _stream(t: Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
-
-
-def process_spec(process) -> Optional[Tuple[str, list]]:
-    """(name, params) of a process the native code implements, or None (subclasses are not assumed equal)."""
-    p = get_process(process)
-    kind = type(p)
-    if kind is EDMProcess:
-        return "edm", []
-    if kind is FlowOTProcess:
-        return "flow", []
-    if kind is VPLinearProcess:
-        return "vp_linear", [p.beta_0, p.beta_1]
-    if kind is VPCosineProcess:
-        return "vp_cosine", [p.s]
-    return None
+def _ops():
+    """torch.ops.indis, registered when indis._C is loaded."""
+    _native.load()
+    return torch.ops.indis
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,31 +53,14 @@ def process_spec(process) -> Optional[Tuple[str, list]]:
 # ------------------------------------------------------------------------------------------------
 def fused_update(out: Tensor, x: Tensor, hist, u: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
     """out = u[b] x + sum_j w[b, j] hist[j] (one pass; out may be x). On CUDA: the current stream."""
-    _C().fused_update(out, x, list(hist), u, w, check_finite, _stream(x))
+    _ops().fused_update(out, x, list(hist), u, w, check_finite=check_finite)
     return out
 
 
 def fused_update_x0(out, x, pred, slot, hist, p, q, u, w, check_finite: bool = True) -> Tensor:
     """slot = p x + q pred; out = u x + w[:, 0] slot + sum_{j>=1} w[:, j] hist[j-1] (one pass, 2 writes)."""
-    _C().fused_update_x0(out, x, pred, slot, list(hist), p, q, u, w, check_finite, _stream(x))
+    _ops().fused_update_x0(out, x, pred, slot, list(hist), p, q, u, w, check_finite=check_finite)
     return out
-
-
-def step_coeffs(solver, process, timesteps: Tensor, dtau=None, gamma=None, order: Optional[int] = None,
-                prediction_type: str = "eps", batch: Optional[int] = None, validate: bool = True):
-    """Native per-sample coefficients of all steps: (u [B,N], w [B,N,M], p [B,N], q [B,N], t_call [B,N]).
-
-    w[:, i] equals ``indis.solvers.linear_form(solver, process, timesteps, i, gamma, order)`` (zero-padded to
-    M = order columns); p, q map the backbone output to the solver's basis, h = p x + q pred.
-    """
-    s = get_solver(solver)
-    order = s.check_order(order)
-    spec = process_spec(process)
-    if spec is None:
-        raise ValueError(f"process {process!r} has no native implementation (edm, flow, vp_linear, vp_cosine)")
-    b = -1 if batch is None else int(batch)
-    return _C().step_coeffs(s.name, order, spec[0], spec[1], timesteps, dtau, gamma, prediction_type, b, 0,
-                            validate, _stream(timesteps))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,8 +73,6 @@ def unsupported_reason(solver, process, x_T: Tensor, state_dtype=None) -> Option
     name = get_solver(solver).name
     if name not in NATIVE_SOLVERS:
         return f"solver {name!r} is Python-only (native: {', '.join(NATIVE_SOLVERS)})"
-    if process_spec(process) is None:
-        return f"process {type(get_process(process)).__name__} has no native implementation"
     if x_T.device.type not in ("cpu", "cuda"):
         return f"device {x_T.device} is not supported"
     if x_T.is_cuda and not _C().build_info()["cuda"]:
@@ -116,15 +85,15 @@ def unsupported_reason(solver, process, x_T: Tensor, state_dtype=None) -> Option
 
 
 def _prepare(backbone, x_T, timesteps, solver, order, dtau, gamma, process, prediction_type, state_dtype):
+    """Checked inputs of the native loop (host checks, synchronising on CUDA): the solver, its order, the process
+    and prediction type, the schedule in the coefficient dtype (float64 for a float64 state, else float32) on
+    x_T's device, and the state dtype."""
     timesteps, dtau, gamma = unpack_discretization(timesteps, dtau, gamma)
     s = get_solver(solver)
     order = s.check_order(order)
     if s.name not in NATIVE_SOLVERS:
         raise ValueError(f"solver {s.name!r} has no native implementation; use indis.solvers.sample")
     proc, ptype = _resolve_model(backbone, process, prediction_type)
-    spec = process_spec(proc)
-    if spec is None:
-        raise ValueError(f"process {proc!r} has no native implementation (edm, flow, vp_linear, vp_cosine)")
     ts, n, dtau, gamma = _check_schedule(proc, x_T, timesteps, dtau, gamma)
     if state_dtype is None:
         state_dtype = x_T.dtype if x_T.dtype in (torch.float32, torch.float64) else torch.float32
@@ -133,7 +102,7 @@ def _prepare(backbone, x_T, timesteps, solver, order, dtau, gamma, process, pred
     coef_dtype = torch.float64 if state_dtype == torch.float64 else torch.float32
     dev = x_T.device
     f = lambda v: None if v is None else v.detach().to(dtype=coef_dtype, device=dev)
-    return s.name, order, spec, ptype, ts.detach().to(dtype=coef_dtype, device=dev), f(dtau), f(gamma), state_dtype
+    return s, order, proc, ptype, f(ts), f(dtau), f(gamma), state_dtype
 
 
 def _callable(backbone, cond, model_dtype):
@@ -149,18 +118,19 @@ def sample(backbone, x_T: Tensor, timesteps, *, solver="ipndm", order: Optional[
     """Native counterpart of :func:`indis.solvers.sample` (Euler, iPNDM, DPM-Solver++(2M); inference only).
 
     The backbone is called as backbone(x, t[B], cond) N times from the C++ loop; each call is followed by one
-    fused update. state_dtype may also be float16/bfloat16 here (fp32 accumulation). Returns x_0 (and a dict
-    with steps, ring mode, reuse_detected and host timings if return_info).
+    fused update with the coefficients of :func:`indis.solvers.step_tables`. state_dtype may also be
+    float16/bfloat16 here (fp32 accumulation). Returns x_0 (and a dict with steps, ring mode, reuse_detected and
+    host timings if return_info). validate: the loop also checks that x_T and the tables are finite.
 
     The backbone gets the live state tensor: it may read it, and anything it does to its storage (x.set_(),
     resizing) is a ValueError after the call rather than a write through a stale pointer. A backbone that
     returns one buffer, overwritten on every call, is detected and the sample recomputed with the copying ring.
     """
-    name, order, spec, ptype, ts, dtau, gamma, state_dtype = _prepare(
+    s, order, proc, ptype, ts, dtau, gamma, state_dtype = _prepare(
         backbone, x_T, timesteps, solver, order, dtau, gamma, process, prediction_type, state_dtype)
+    tables = step_tables(s, proc, ts, dtau, gamma, order, ptype, batch=x_T.shape[0])
     fn = _callable(backbone, cond, model_dtype)
-    res = _C().sample_loop(fn, x_T.detach().to(state_dtype), ts, dtau, gamma, name, order, spec[0], spec[1], ptype,
-                           False, _stream(x_T), validate, True)
+    res = _C().sample_loop(fn, x_T.detach().to(state_dtype), **tables._asdict(), validate=validate, timing=True)
     x = res.pop("x")
     return (x, dict(res)) if return_info else x
 
@@ -190,11 +160,6 @@ def _sync(t: Tensor) -> None:
         torch.cuda.synchronize(t.device)
 
 
-class _GraphEntry:
-    def __init__(self, graph, static: Dict[str, Any], out: Tensor):
-        self.graph, self.static, self.out = graph, static, out
-
-
 class FastSampler:
     """Predictor + backbone -> samples, on the native loop when it can run the inputs.
 
@@ -221,7 +186,7 @@ class FastSampler:
         self.process = process if process is not None else getattr(backbone, "process", None)
         self.prediction_type = prediction_type if prediction_type is not None else getattr(backbone, "prediction_type", None)
         self.state_dtype, self.model_dtype = state_dtype, model_dtype
-        self._graphs: Dict[tuple, _GraphEntry] = {}
+        self._graphs = GraphCache(self._graph_body)
         if backend == "native":
             if not native_available():
                 raise ImportError(f"backend='native' but indis._C is unavailable ({_native.load_error()})")
@@ -298,51 +263,19 @@ class FastSampler:
 
     # -- CUDA graph of the whole loop --------------------------------------------------------------
     def _run_graph(self, x_T: Tensor, cond, disc) -> Tensor:
-        """Capture C.sample_loop (N backbone calls + N fused updates + the coefficient kernel) once per
-        (shapes, dtypes, device, N) and replay it. Needs a capturable backbone (no host syncs, no CPU work
-        that depends on data); validation runs on the host before the static buffers are filled."""
-        name, order, spec, ptype, ts, dtau, gamma, state_dtype = _prepare(
+        """C.sample_loop (the step tables, N backbone calls and N fused updates) captured once per (shapes,
+        dtypes, device, solver) and replayed. Needs a capturable backbone (no host syncs, no CPU work that
+        depends on data); the inputs are validated on the host before they are copied into the static buffers."""
+        s, order, proc, ptype, ts, dtau, gamma, state_dtype = _prepare(
             self.backbone, x_T, disc, self.solver, self.order, None, None, self.process, self.prediction_type,
             self.state_dtype)
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA-graph sampling needs a CUDA-enabled torch and a GPU")
-        if cond is not None and not isinstance(cond, Tensor):
-            raise ValueError("CUDA-graph sampling needs cond to be a tensor (or None); use cuda_graph=False")
-        sig = lambda v: None if v is None else (tuple(v.shape), v.dtype)
-        key = (sig(x_T), state_dtype, str(x_T.device), sig(ts), sig(dtau), sig(gamma), sig(cond), name, order)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(x_T, cond, ts, dtau, gamma, name, order, spec, ptype, state_dtype)
-            self._graphs[key] = entry
-        st = entry.static
-        st["x"].copy_(x_T)
-        st["ts"].copy_(ts)
-        for k, v in (("dtau", dtau), ("gamma", gamma), ("cond", cond)):
-            if v is not None:
-                st[k].copy_(v)
-        entry.graph.replay()
-        return entry.out.clone()
+        inputs = {"x": x_T.detach().to(state_dtype), "ts": ts, "dtau": dtau, "gamma": gamma, "cond": cond}
+        key = (s.name, order, type(proc).__name__, repr(proc), ptype, self.model_dtype)
+        return self._graphs(inputs, key, solver=s, order=order, process=proc, ptype=ptype).clone()
 
-    def _capture(self, x_T, cond, ts, dtau, gamma, name, order, spec, ptype, state_dtype) -> _GraphEntry:
-        C = _C()
-        st: Dict[str, Any] = {"x": x_T.detach().to(state_dtype).clone(), "ts": ts.clone(),
-                              "dtau": None if dtau is None else dtau.clone(),
-                              "gamma": None if gamma is None else gamma.clone(),
-                              "cond": None if cond is None else cond.clone()}
-        bb, mdt = self.backbone, self.model_dtype
-        fn = (lambda x, t: bb(x if mdt is None else x.to(mdt), t, st["cond"]))
-
-        def run(stream) -> Tensor:
-            return C.sample_loop(fn, st["x"], st["ts"], st["dtau"], st["gamma"], name, order, spec[0], spec[1], ptype,
-                                 False, stream, False, False)["x"]
-
-        side = torch.cuda.Stream(device=x_T.device)
-        side.wait_stream(torch.cuda.current_stream(x_T.device))
-        with torch.cuda.stream(side):  # warm-up (lazy inits, cuDNN autotuning) outside the capture
-            for _ in range(2):
-                run(side.cuda_stream)
-        torch.cuda.current_stream(x_T.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = run(torch.cuda.current_stream(x_T.device).cuda_stream)
-        return _GraphEntry(graph, st, out)
+    def _graph_body(self, st: Dict[str, Optional[Tensor]], solver, order, process, ptype) -> Tensor:
+        """The captured work, on the static buffers `st` (GraphCache): tables + the native loop, no validation."""
+        bb, x, mdt = self.backbone, st["x"], self.model_dtype
+        tables = step_tables(solver, process, st["ts"], st["dtau"], st["gamma"], order, ptype, batch=x.shape[0])
+        fn = lambda xx, t: bb(xx if mdt is None else xx.to(mdt), t, st["cond"])
+        return _C().sample_loop(fn, x, **tables._asdict(), validate=False, timing=False)["x"]

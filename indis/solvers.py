@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -107,9 +107,10 @@ class IPNDMSolver(Solver):
     def step_coefficients(self, grid, i, order=None):
         k = self.step_order(i, grid.nfe, self.check_order(order))
         a0, a1 = grid.alpha[:, i], grid.alpha[:, i + 1]
-        c = torch.tensor(IPNDM_COEFFS[k - 1], dtype=grid.t.dtype, device=grid.t.device)
         step = a1 * (grid.s[:, i + 1] - grid.s[:, i])
-        return a1 / a0, step.unsqueeze(1) * c.unsqueeze(0)
+        # (column j: step * c_j, the Python float rounded to the grid's dtype as a tensor of c would be; no
+        # host-to-device copy, so that the tables can be computed inside a CUDA-graph capture)
+        return a1 / a0, torch.stack([step * c for c in IPNDM_COEFFS[k - 1]], dim=1)
 
 
 class DPMSolverPP2M(Solver):
@@ -229,10 +230,103 @@ def linear_form(
         raise ValueError(f"step index {i} out of range for {n} steps")
     u, w = solver.step_coefficients(make_grid(process, ts), i, order)
     if gamma is not None and solver.basis == "eps":
-        g = gamma if gamma.dim() == 2 else gamma.unsqueeze(0)
-        m = w.shape[1]
-        w = w * torch.flip(g[:, i - m + 1 : i + 1], dims=[1]).to(w.dtype)
+        w = _fold_gamma(w, gamma if gamma.dim() == 2 else gamma.unsqueeze(0), i)
     return u, w
+
+
+def _fold_gamma(w: Tensor, gamma: Tensor, i: int) -> Tensor:
+    """w [B, m] of step i times the scale gamma_{i-j} [B, N] of the history entry it multiplies (eps basis)."""
+    m = w.shape[1]
+    return w * torch.flip(gamma[:, i - m + 1 : i + 1], dims=[1]).to(w.dtype)
+
+
+def _x0_from_eps_hat(x: Tensor, eps_hat: Tensor, sigma: Tensor, alpha: Tensor) -> Tensor:
+    """The x0 basis value (x - sigma eps_hat) / alpha, per-sample sigma and alpha [B]."""
+    return (x - _bcast(sigma, x) * eps_hat) / _bcast(alpha, x)
+
+
+class StepTables(NamedTuple):
+    """Per-sample coefficients of all N steps of a multistep solver (the contract of the native loop, csrc/).
+
+    Step i calls the backbone at t_call[:, i], forms the solver's basis value h_i = p[:, i] x_i + q[:, i] pred_i
+    and updates x_{i+1} = u[:, i] x_i + sum_{j < orders[i]} w[:, i, j] h_{i-j} (w[:, i, orders[i]:] is zero).
+    pred_is_basis: p = 0 and q = 1 (eps-prediction backbone, eps-basis solver): h is the backbone's output.
+    """
+
+    u: Tensor  # [B, N]
+    w: Tensor  # [B, N, M], M = the solver order
+    p: Tensor  # [B, N]
+    q: Tensor  # [B, N]
+    t_call: Tensor  # [B, N]: tau + dtau
+    orders: Tuple[int, ...]  # history entries used at each step
+    pred_is_basis: bool
+
+
+def step_tables(solver, process, timesteps: Tensor, dtau: Optional[Tensor] = None, gamma: Optional[Tensor] = None,
+                order: Optional[int] = None, prediction_type: str = "eps", batch: Optional[int] = None) -> StepTables:
+    """The coefficients of all N steps for a batch, computed by the solvers' own per-step code (one copy of the
+    maths): u, w from `Solver.step_coefficients` with gamma folded in as `linear_form` does (eps basis), and the
+    map from the backbone output to the solver's basis, p x + q pred, from `Process.to_eps` and the x0 conversion
+    of `sample`, evaluated on the unit vectors (x, pred) = (1, 0) and (0, 1) (exact: the maps are linear).
+
+    timesteps [N+1] or [B, N+1] (float32 / float64), dtau / gamma [N] or [B, N] or None; batch: B for a shared
+    schedule (default: the schedule's batch, or 1). Evaluated in float64 and rounded once to the dtype of the
+    timesteps, on their device; t_call = timesteps[:, :-1] + dtau in that dtype, as `sample` calls the backbone.
+    No checks of the values and no host synchronisation, so that it can run inside a CUDA-graph capture: validate
+    the schedule first (`sample` and `indis.native.sample` do).
+    Euler, iPNDM and DPM-Solver++(2M); UniPC's corrector needs the model output at the new point (no table form).
+    """
+    solver, process = get_solver(solver), get_process(process)
+    order = solver.check_order(order)
+    if isinstance(solver, UniPCSolver):
+        raise ValueError("unipc has no per-step table form (its corrector uses the model output at the new point); "
+                         "use indis.solvers.sample")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+    if not isinstance(timesteps, Tensor) or timesteps.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"timesteps must be a float32 or float64 tensor, got {type(timesteps).__name__}"
+                        f"{'' if not isinstance(timesteps, Tensor) else ' of dtype ' + str(timesteps.dtype)}")
+    if timesteps.dim() not in (1, 2) or timesteps.shape[-1] < 2:
+        raise ValueError(f"timesteps must have shape [N+1] or [B, N+1] with N >= 1, got {tuple(timesteps.shape)}")
+    n = timesteps.shape[-1] - 1
+    b = int(batch) if batch is not None else (timesteps.shape[0] if timesteps.dim() == 2 else 1)
+    if b < 1 or (timesteps.dim() == 2 and timesteps.shape[0] != b):
+        raise ValueError(f"timesteps of shape {tuple(timesteps.shape)} do not match a batch of {b}")
+    dtype, dev = timesteps.dtype, timesteps.device
+
+    def rows(v: Optional[Tensor], what: str, width: int, to) -> Optional[Tensor]:
+        if v is None:
+            return None
+        if v.dim() not in (1, 2) or v.shape[-1] != width or (v.dim() == 2 and v.shape[0] != b):
+            raise ValueError(f"{what} must have shape [{width}] or [{b}, {width}], got {tuple(v.shape)}")
+        v = v.to(device=dev, dtype=to)
+        return v.unsqueeze(0).expand(b, -1) if v.dim() == 1 else v
+
+    ts = rows(timesteps, "timesteps", n + 1, dtype)
+    t_call = ts[:, :-1] if dtau is None else ts[:, :-1] + rows(dtau, "dtau", n, dtype)
+    g64 = rows(gamma, "gamma", n, torch.float64)
+    grid = make_grid(process, ts.to(torch.float64))
+    orders = tuple(solver.step_order(i, n, order) for i in range(n))
+    us, ws = [], []
+    for i in range(n):
+        u, w = solver.step_coefficients(grid, i, order)
+        if g64 is not None and solver.basis == "eps":
+            w = _fold_gamma(w, g64, i)
+        us.append(u)
+        ws.append(torch.nn.functional.pad(w, (0, order - w.shape[1])))
+    # prediction -> basis on the unit vectors: column 0 of the result is p, column 1 is q
+    tc = t_call.to(torch.float64).reshape(-1)
+    unit = torch.eye(2, dtype=torch.float64, device=dev)
+    x, pred = unit[0].expand(b * n, 2), unit[1].expand(b * n, 2)
+    h = process.to_eps(pred, x, tc, prediction_type)
+    if solver.basis == "x0":
+        if g64 is not None:
+            h = _bcast(g64.reshape(-1), h) * h
+        h = _x0_from_eps_hat(x, h, grid.sigma[:, :-1].reshape(-1), grid.alpha[:, :-1].reshape(-1))
+    h = h.reshape(b, n, 2)
+    return StepTables(u=torch.stack(us, dim=1).to(dtype), w=torch.stack(ws, dim=1).to(dtype),
+                      p=h[..., 0].to(dtype).contiguous(), q=h[..., 1].to(dtype).contiguous(), t_call=t_call,
+                      orders=orders, pred_is_basis=prediction_type == "eps" and solver.basis == "eps")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,7 +466,7 @@ def sample(
     def to_basis(eps_hat: Tensor, x: Tensor, i: int) -> Tensor:
         if solver.basis == "eps":
             return eps_hat
-        return (x - _bcast(grid.sigma[:, i], x) * eps_hat) / _bcast(grid.alpha[:, i], x)
+        return _x0_from_eps_hat(x, eps_hat, grid.sigma[:, i], grid.alpha[:, i])
 
     def combine(u: Tensor, w: Tensor, x: Tensor, hist: Sequence[Tensor]) -> Tensor:
         out = _bcast(u, x) * x

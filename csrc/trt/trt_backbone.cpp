@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "indis_native.h"
 #include "native_backbone.h"
-#include "native_ops.h"
 
 namespace indis {
 namespace {
