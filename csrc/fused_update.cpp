@@ -9,14 +9,14 @@
 // One pass over memory; out may be x (in-place). See csrc/update_args.h for the contract. The operators are
 // registered the way PyTorch documents custom C++ operators (TORCH_LIBRARY, "Custom C++ and CUDA Operators"):
 // the schema marks the written tensors (Tensor(a!)), the Meta kernel checks metadata only (FakeTensor,
-// torch.compile), the Autograd kernel refuses tensors that require grad, and ADInplaceOrView bumps the
-// version counters of the written tensors. On CUDA the kernels run on the caller's current stream.
+// torch.compile), the Autograd kernel refuses tensors that require grad, the ADInplaceOrView kernel bumps
+// the version counters of the written tensors, and the Negative / Conjugate kernels refuse written sign views. On CUDA the kernels run on the caller's current stream.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #if defined(__x86_64__)
@@ -514,12 +514,15 @@ void fused_update_x0_meta(const at::Tensor& out, const at::Tensor& x, const at::
   fused_update_x0_impl(out, x, pred, slot, hist, p, q, u, w, check_finite, false);
 }
 
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 void fused_update_autograd(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
                            const at::Tensor& w, bool check_finite) {
   check_no_grad({&out, &x, &u, &w}, hist);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("indis::fused_update", "")
-                             .typed<decltype(fused_update_kernel)>();
+  static const auto op = op_handle<decltype(fused_update_kernel)>("indis::fused_update");
   at::AutoDispatchBelowAutograd below;  // next: ADInplaceOrView (version counters), then the device kernel
   op.call(out, x, hist, u, w, check_finite);
 }
@@ -528,10 +531,54 @@ void fused_update_x0_autograd(const at::Tensor& out, const at::Tensor& x, const 
                               const at::Tensor& slot, at::TensorList hist, const at::Tensor& p, const at::Tensor& q,
                               const at::Tensor& u, const at::Tensor& w, bool check_finite) {
   check_no_grad({&out, &x, &pred, &slot, &p, &q, &u, &w}, hist);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("indis::fused_update_x0", "")
-                             .typed<decltype(fused_update_x0_kernel)>();
+  static const auto op = op_handle<decltype(fused_update_x0_kernel)>("indis::fused_update_x0");
   at::AutoDispatchBelowAutograd below;
+  op.call(out, x, pred, slot, hist, p, q, u, w, check_finite);
+}
+
+// The written tensors changed in place: their version counters move on, so that autograd notices a saved
+// tensor that was overwritten (what the generated ADInplaceOrView kernels of in-place ATen ops do).
+void fused_update_inplace(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                          const at::Tensor& w, bool check_finite) {
+  static const auto op = op_handle<decltype(fused_update_kernel)>("indis::fused_update");
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.call(out, x, hist, u, w, check_finite);
+  }
+  torch::autograd::impl::bump_version(out);
+}
+
+void fused_update_x0_inplace(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred,
+                             const at::Tensor& slot, at::TensorList hist, const at::Tensor& p, const at::Tensor& q,
+                             const at::Tensor& u, const at::Tensor& w, bool check_finite) {
+  static const auto op = op_handle<decltype(fused_update_x0_kernel)>("indis::fused_update_x0");
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.call(out, x, pred, slot, hist, p, q, u, w, check_finite);
+  }
+  torch::autograd::impl::bump_version(out);
+  torch::autograd::impl::bump_version(slot);
+}
+
+// Negative-bit and conjugate views (the Negative / Conjugate dispatch keys): PyTorch's generic fallback for
+// them materialises a written view and expects the operator to return it, which these operators do not; this
+// kernel takes its place: a written view is refused (check_writable), read-only views go on to the device
+// kernel, which reads them with their sign (resolved()).
+void fused_update_mathbits(const at::Tensor& out, const at::Tensor& x, at::TensorList hist, const at::Tensor& u,
+                           const at::Tensor& w, bool check_finite) {
+  check_writable(out, "out");
+  static const auto op = op_handle<decltype(fused_update_kernel)>("indis::fused_update");
+  c10::impl::ExcludeDispatchKeyGuard below(c10::DispatchKeySet({c10::DispatchKey::Negative, c10::DispatchKey::Conjugate}));
+  op.call(out, x, hist, u, w, check_finite);
+}
+
+void fused_update_x0_mathbits(const at::Tensor& out, const at::Tensor& x, const at::Tensor& pred,
+                              const at::Tensor& slot, at::TensorList hist, const at::Tensor& p, const at::Tensor& q,
+                              const at::Tensor& u, const at::Tensor& w, bool check_finite) {
+  check_writable(out, "out");
+  check_writable(slot, "slot");
+  static const auto op = op_handle<decltype(fused_update_x0_kernel)>("indis::fused_update_x0");
+  c10::impl::ExcludeDispatchKeyGuard below(c10::DispatchKeySet({c10::DispatchKey::Negative, c10::DispatchKey::Conjugate}));
   op.call(out, x, pred, slot, hist, p, q, u, w, check_finite);
 }
 
@@ -620,7 +667,17 @@ TORCH_LIBRARY_IMPL(indis, Autograd, m) {
   m.impl("fused_update_x0", &indis::fused_update_x0_autograd);
 }
 
+TORCH_LIBRARY_IMPL(indis, Negative, m) {
+  m.impl("fused_update", &indis::fused_update_mathbits);
+  m.impl("fused_update_x0", &indis::fused_update_x0_mathbits);
+}
+
+TORCH_LIBRARY_IMPL(indis, Conjugate, m) {
+  m.impl("fused_update", &indis::fused_update_mathbits);
+  m.impl("fused_update_x0", &indis::fused_update_x0_mathbits);
+}
+
 TORCH_LIBRARY_IMPL(indis, ADInplaceOrView, m) {
-  m.impl("fused_update", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
-  m.impl("fused_update_x0", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+  m.impl("fused_update", &indis::fused_update_inplace);
+  m.impl("fused_update_x0", &indis::fused_update_x0_inplace);
 }

@@ -3,16 +3,16 @@
 A *runner* executes one exported network: `runner({input name: tensor}) -> [output tensors]`, with the
 interface of indis.export.onnx_export (float32, batch axis first). Runners:
 
-  TorchRunner   the PyTorch module itself (eager), optionally replayed from CUDA graphs on GPU (static input
-                buffers per batch size, warm-up on a side stream, outputs copied out; as stable-fast's
-                `cuda/graphs.py`).
+  TorchRunner   the PyTorch module itself (eager), optionally replayed from CUDA graphs on GPU (one graph per
+                batch size, static input buffers, outputs copied out; indis.cuda_graphs.GraphCache).
   ORTRunner     an onnxruntime InferenceSession; CPU or CUDA execution provider; on CUDA the inputs and outputs
                 are torch CUDA tensors bound with I/O binding (no host copies). The provider actually used is read
                 from `session.get_providers()` (onnxruntime-gpu lists CUDA/TensorRT in
                 `get_available_providers()` even on a machine without a GPU), and a request for CUDA that ends on
                 CPU is an error, never a silent fallback.
   TRTRunner     a deserialized TensorRT engine: I/O buffers allocated and bound once per batch size
-                (`set_tensor_address`), `execute_async_v3` on a dedicated stream, optional CUDA-graph replay.
+                (`set_tensor_address`), `execute_async_v3` on a dedicated stream, optional CUDA-graph replay
+                (indis.cuda_graphs.capture on that stream).
 
 `EngineBackbone` and `EnginePredictor` wrap a runner with the metadata of the backbone protocol
 (indis.backbones.base): an EngineBackbone is a callable (x, t[B], cond) -> prediction with `process`,
@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..backbones.base import CondSpec
+from ..cuda_graphs import GraphCache, capture
 from ..discretization import Discretization
 from ..export.manifest import ArtifactError
 from ..export.onnx_export import BackboneForExport
@@ -77,7 +78,7 @@ class TorchRunner(Runner):
         self.input_names, self.output_names = list(input_names), list(output_names)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.provider = "cuda-graph" if self.cuda_graph else f"eager-{self.device.type}"
-        self._graphs: Dict[tuple, tuple] = {}
+        self._graphs = GraphCache(lambda static: self._run(list(static.values())))
 
     def _run(self, args):
         out = self.module(*args)
@@ -88,24 +89,8 @@ class TorchRunner(Runner):
         args = [inputs[n].to(self.device, torch.float32) for n in self.input_names]
         if not self.cuda_graph:
             return self._run(args)
-        key = tuple(tuple(a.shape) for a in args)
-        if key not in self._graphs:
-            static_in = [a.clone() for a in args]
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the capture (lazy init, autotuning)
-                    self._run(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._run(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
-        for s, a in zip(static_in, args):
-            s.copy_(a)
-        graph.replay()
-        return [o.clone() for o in static_out]  # outputs copied out: the next replay overwrites the buffers
+        out = self._graphs({n: a for n, a in zip(self.input_names, args)})
+        return [o.clone() for o in out]  # outputs copied out: the next replay overwrites the buffers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,11 +226,8 @@ class TRTRunner(Runner):
             for n in self.input_names:
                 self.buffers[n].copy_(inputs[n].to(self.device), non_blocking=True)
             if self.cuda_graph:
-                if self.graph is None:
-                    self._enqueue()  # one plain run before capture
-                    self.graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(self.graph, stream=self.stream):
-                        self._enqueue()
+                if self.graph is None:  # one plain run, then the capture, both on the runner's stream
+                    self.graph, _ = capture(self._enqueue, self.device, warmup=1, stream=self.stream)
                 self.graph.replay()
             else:
                 self._enqueue()

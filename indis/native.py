@@ -51,15 +51,23 @@ def _ops():
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
+def _tensor_list(hist) -> list:
+    hist = list(hist)
+    for j, h in enumerate(hist):
+        if not isinstance(h, Tensor):
+            raise TypeError(f"hist[{j}] must be a tensor, got {type(h).__name__}")
+    return hist
+
+
 def fused_update(out: Tensor, x: Tensor, hist, u: Tensor, w: Tensor, check_finite: bool = True) -> Tensor:
     """out = u[b] x + sum_j w[b, j] hist[j] (one pass; out may be x). On CUDA: the current stream."""
-    _ops().fused_update(out, x, list(hist), u, w, check_finite=check_finite)
+    _ops().fused_update(out, x, _tensor_list(hist), u, w, check_finite=check_finite)
     return out
 
 
 def fused_update_x0(out, x, pred, slot, hist, p, q, u, w, check_finite: bool = True) -> Tensor:
     """slot = p x + q pred; out = u x + w[:, 0] slot + sum_{j>=1} w[:, j] hist[j-1] (one pass, 2 writes)."""
-    _ops().fused_update_x0(out, x, pred, slot, list(hist), p, q, u, w, check_finite=check_finite)
+    _ops().fused_update_x0(out, x, pred, slot, _tensor_list(hist), p, q, u, w, check_finite=check_finite)
     return out
 
 

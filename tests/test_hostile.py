@@ -272,7 +272,8 @@ def test_3_reused_output_buffer_native_path(solver):
 @needs_native
 def test_4_sign_views_are_read_with_their_sign():
     """Before: a coefficient like torch.randn(4, dtype=complex64).conj().imag was read without its sign
-    (out = -u x silently), in fused_update, fused_update_x0, step_coeffs and sample_loop."""
+    (out = -u x silently), in fused_update, fused_update_x0, step_coeffs and sample_loop (now: the custom operators
+    and the sampler loop, which reads the tables of indis.solvers.step_tables)."""
     from indis import native
 
     g = torch.Generator().manual_seed(0)
@@ -301,13 +302,18 @@ def test_4_sign_views_are_read_with_their_sign():
     assert (target == 0).all()
     with pytest.raises(ValueError, match="negative-bit"):
         native.fused_update_x0(out, x, h[0], torch._neg_view(slot), [h[1]], p, q, u, w)
-    # schedules and the prior of the native loop
+    # the step tables the native loop reads, its schedule and its prior
+    from indis.solvers import step_tables
+
+    C = _native.load()
     ts = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.002], dtype=torch.float64)
-    coeffs_ref = native.step_coeffs("ipndm", "edm", ts)
-    coeffs_neg = native.step_coeffs("ipndm", "edm", torch._neg_view(-ts))
-    for a, b in zip(coeffs_ref, coeffs_neg):
-        torch.testing.assert_close(a, b)
     x_T = torch.randn(3, 6, dtype=torch.float64, generator=g) * 80
+    tables = step_tables("ipndm", "edm", ts, batch=3)._asdict()
+    fn = lambda x, t: _Fresh()(x, t)
+    ref = C.sample_loop(fn, x_T, **tables)["x"]
+    for name in ("u", "w", "p", "q", "t_call"):
+        signed = {**tables, name: torch._neg_view(-tables[name])}
+        torch.testing.assert_close(C.sample_loop(fn, x_T, **signed)["x"], ref, rtol=0, atol=0)
     torch.testing.assert_close(native.sample(_Fresh(), torch._neg_view(-x_T), torch._neg_view(-ts)),
                                native.sample(_Fresh(), x_T, ts))
 

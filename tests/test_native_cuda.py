@@ -16,7 +16,8 @@ pytestmark = [
 
 from indis import native  # noqa: E402
 from indis.discretization import Discretization  # noqa: E402
-from indis.solvers import linear_form  # noqa: E402
+from indis.cuda_graphs import capture  # noqa: E402
+from indis.solvers import linear_form, step_tables  # noqa: E402
 from indis.solvers import sample as py_sample  # noqa: E402
 
 
@@ -64,16 +65,22 @@ def test_cuda_fused_update_on_side_stream_and_bad_device():
 
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("ipndm", 4), ("dpmpp_2m", 2)])
 @pytest.mark.parametrize("proc", ["edm", "vp_cosine"])
-def test_cuda_step_coeffs_match_linear_form(solver, order, proc):
+def test_cuda_step_tables_match_linear_form_and_capture(solver, order, proc):
+    """The tables on the schedule's device equal linear_form, and they can be computed inside a graph capture."""
     ts = torch.tensor([[80.0, 8.0, 1.0, 0.1, 0.002]] * 3, dtype=torch.float64)
     if proc != "edm":
         ts = torch.tensor([[0.9946, 0.6, 0.3, 0.1, 1e-3]] * 3, dtype=torch.float64)
     gamma = 1 + 0.05 * torch.randn(3, 4, dtype=torch.float64)
-    u, w, *_ = native.step_coeffs(solver, proc, ts.cuda(), None, gamma.cuda(), order)
+    u, w, *_ = step_tables(solver, proc, ts.cuda(), None, gamma.cuda(), order)
     for i in range(4):
         u_ref, w_ref = linear_form(solver, proc, ts, i, gamma, order)
         assert torch.allclose(u[:, i].cpu(), u_ref, rtol=1e-12)
         assert torch.allclose(w[:, i, : w_ref.shape[1]].cpu(), w_ref, rtol=1e-12, atol=1e-14)
+    static = {"ts": ts.cuda(), "gamma": gamma.cuda()}
+    graph, out = capture(lambda: step_tables(solver, proc, static["ts"], None, static["gamma"], order), "cuda")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out.u, u) and torch.equal(out.w, w)
 
 
 class _Net(torch.nn.Module):

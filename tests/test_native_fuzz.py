@@ -1,5 +1,6 @@
-"""Property-based fuzzing (hypothesis, fixed seed) of the native entry points: _C.fused_update,
-_C.fused_update_x0 and the sampler loop _C.sample_loop (through indis.native.sample and directly).
+"""Property-based fuzzing (hypothesis, fixed seed) of the native entry points: the custom operators
+torch.ops.indis.fused_update / fused_update_x0 and the sampler loop _C.sample_loop (through indis.native.sample,
+and directly with the step tables of indis.solvers.step_tables).
 
 Valid inputs (random shapes, dtypes, orders, strided and sign-view coefficients, in-place or not; random
 processes, solvers, prediction types and schedules; backbones that return fresh tensors, one reused buffer,
@@ -15,6 +16,7 @@ import torch
 from indis import _native
 from indis.processes import get_process
 from indis.solvers import sample as py_sample
+from indis.solvers import step_tables
 from conftest import random_schedule
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -209,40 +211,63 @@ def test_fuzz_sample_loop_matches_python(seed, proc, ptype, solver_order, n, b, 
     assert (got - ref).abs().max().item() <= tol * scale
 
 
-LOOP_BREAKS = ["solver", "order", "process", "process_params", "pred_type", "nan_ts", "increasing_ts", "ts_batch",
-               "dtau_shape", "ret_shape", "ret_none", "ret_int", "ret_meta", "not_callable", "x_int", "x_empty",
-               "ts_out_of_range", "ts_int"]
+# Breaks of the schedule and solver (checked by indis.native.sample before the tables are computed) and of the
+# tables, the backbone and the state (checked by _C.sample_loop itself).
+SCHEDULE_BREAKS = ["solver", "order", "process", "pred_type", "nan_ts", "increasing_ts", "ts_batch", "dtau_shape",
+                   "ts_out_of_range", "nan_gamma"]
+LOOP_BREAKS = ["ret_shape", "ret_none", "ret_int", "ret_meta", "not_callable", "x_int", "x_empty", "x_nan",
+               "table_dtype", "table_shape", "table_device", "table_nan", "w_cols", "orders_len", "orders_value",
+               "t_call_int"]
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, fn, process="edm", prediction_type="eps"):
+        super().__init__()
+        self.fn, self.process, self.prediction_type = fn, get_process(process), prediction_type
+
+    def forward(self, x, t, cond=None):
+        return self.fn(x, t)
 
 
 @FUZZ
-@given(seed=st.integers(0, 2**31 - 1), brk=st.sampled_from(LOOP_BREAKS), b=st.integers(1, 3), n=st.integers(1, 4))
+@given(seed=st.integers(0, 2**31 - 1), brk=st.sampled_from(SCHEDULE_BREAKS + LOOP_BREAKS), b=st.integers(1, 3),
+       n=st.integers(1, 4))
 def test_fuzz_sample_loop_rejects_bad_input(seed, brk, b, n):
     C = _native.load()
     g = torch.Generator().manual_seed(seed)
     ts, gamma, dtau = random_schedule(80.0, 0.002, b, n, torch.float64, seed)
     x = torch.randn(b, 5, generator=g, dtype=torch.float64) * 80
     fn = lambda x, t: x * 0.01
-    kw = dict(solver="ipndm", order=2, process="edm", process_params=[], prediction_type="eps")
-    if brk == "solver":
-        kw["solver"] = "unipc"
-    elif brk == "order":
-        kw["order"] = 5
-    elif brk == "process":
-        kw["process"] = "ddpm"
-    elif brk == "process_params":
-        kw["process"], kw["process_params"] = "vp_linear", [0.1]
-    elif brk == "pred_type":
-        kw["prediction_type"] = "score"
-    elif brk == "nan_ts":
-        ts = ts.clone()
-        ts[0, -1] = float("nan")
-    elif brk == "increasing_ts":
-        ts = ts.flip(-1)
-    elif brk == "ts_batch":
-        ts = torch.cat([ts, ts])
-    elif brk == "dtau_shape":
-        dtau = torch.zeros(b, n + 1, dtype=torch.float64)
-    elif brk == "ret_shape":
+    kw = dict(solver="ipndm", order=2, process="edm", prediction_type="eps")
+    if brk in SCHEDULE_BREAKS:
+        if brk == "solver":
+            kw["solver"] = "unipc"
+        elif brk == "order":
+            kw["order"] = 5
+        elif brk == "process":
+            kw["process"] = "ddpm"
+        elif brk == "pred_type":
+            kw["prediction_type"] = "score"
+        elif brk == "nan_ts":
+            ts = ts.clone()
+            ts[0, -1] = float("nan")
+        elif brk == "increasing_ts":
+            ts = ts.flip(-1)
+        elif brk == "ts_batch":
+            ts = torch.cat([ts, ts])
+        elif brk == "dtau_shape":
+            dtau = torch.zeros(b, n + 1, dtype=torch.float64)
+        elif brk == "ts_out_of_range":
+            ts = ts.clone()
+            ts[:, -1] = -1.0
+        elif brk == "nan_gamma":
+            gamma = gamma.clone()
+            gamma[-1, 0] = float("inf")
+        with pytest.raises((ValueError, TypeError)):
+            native.sample(fn, x, ts, dtau=dtau, gamma=gamma, **kw)
+        return
+    tables = step_tables("ipndm", "edm", ts, dtau, gamma, 2 if n > 1 else 1, "eps")._asdict()
+    if brk == "ret_shape":
         fn = lambda x, t: x[:, :2]
     elif brk == "ret_none":
         fn = lambda x, t: None
@@ -256,11 +281,31 @@ def test_fuzz_sample_loop_rejects_bad_input(seed, brk, b, n):
         x = torch.ones(b, 5, dtype=torch.int64)
     elif brk == "x_empty":
         x = torch.empty(0, 5, dtype=torch.float64)
-    elif brk == "ts_out_of_range":
-        ts = ts.clone()
-        ts[:, -1] = -1.0
-    elif brk == "ts_int":
-        ts = torch.arange(n + 1, 0, -1)
+    elif brk == "x_nan":
+        x = x.clone()
+        x[-1, 0] = float("nan")
+    elif brk == "table_dtype":
+        name = ["u", "w", "p", "q", "t_call"][seed % 5]
+        tables[name] = tables[name].float()
+    elif brk == "table_shape":
+        name = ["u", "p", "q", "t_call"][seed % 4]
+        tables[name] = torch.cat([tables[name], tables[name]], dim=seed % 2)
+    elif brk == "table_device":
+        name = ["u", "w", "p", "q", "t_call"][seed % 5]
+        tables[name] = tables[name].to("meta")
+    elif brk == "table_nan":
+        name = ["u", "w", "p", "q", "t_call"][seed % 5]
+        tables[name] = tables[name].clone()
+        tables[name].view(-1)[seed % tables[name].numel()] = float("nan")
+    elif brk == "w_cols":
+        tables["w"] = torch.zeros(b, n, 5, dtype=torch.float64)
+    elif brk == "orders_len":
+        tables["orders"] = tables["orders"] + (1,)
+    elif brk == "orders_value":
+        orders = list(tables["orders"])
+        orders[seed % n] = (seed % n) + 2  # more history entries than the step has (or the ring holds)
+        tables["orders"] = tuple(orders)
+    elif brk == "t_call_int":
+        tables["t_call"] = tables["t_call"].long()
     with pytest.raises((ValueError, TypeError)):
-        C.sample_loop(fn, x, ts, dtau, gamma, kw["solver"], kw["order"], kw["process"], kw["process_params"],
-                      kw["prediction_type"], False, 0, True, False)
+        C.sample_loop(fn, x, **tables, validate=True, timing=False)

@@ -8,6 +8,7 @@ from indis import _native
 from indis.discretization import Discretization
 from indis.processes import get_process
 from indis.solvers import sample as py_sample
+from indis.solvers import step_tables
 from conftest import random_schedule
 
 pytestmark = pytest.mark.skipif(not _native.native_available(), reason="indis._C not built")
@@ -130,19 +131,55 @@ def test_loop_bad_input():
         def bad(x, t, c):
             raise RuntimeError("boom")
         native.sample(bad, x, ts, solver="euler", process="edm", prediction_type="eps")
+    # the loop itself, called with tables (indis.solvers.step_tables), checks what it reads and writes
     C = _native.load()
-    with pytest.raises(ValueError, match="order"):
-        C.sample_loop(lambda x, t: x, x, ts, None, None, "dpmpp_2m", 3, "edm", [], "eps")
-    with pytest.raises(ValueError, match="process"):
-        C.sample_loop(lambda x, t: x, x, ts, None, None, "euler", 1, "vp_linear", [], "eps")
-    with pytest.raises(ValueError, match="prediction_type"):
-        C.sample_loop(lambda x, t: x, x, ts, None, None, "euler", 1, "edm", [], "noise")
+    tables = step_tables("ipndm", "edm", ts, None, None, 2, "eps", batch=2)._asdict()
+    fn = lambda x, t: x * 0.01
+    C.sample_loop(fn, x, **tables)  # valid
     with pytest.raises(TypeError, match="callable"):
-        C.sample_loop(3, x, ts, None, None, "euler", 1, "edm", [], "eps")
+        C.sample_loop(3, x, **tables)
     with pytest.raises(TypeError, match="dtype"):
-        C.sample_loop(lambda x, t: x, x.int(), ts, None, None, "euler", 1, "edm", [], "eps")
+        C.sample_loop(fn, x.int(), **tables)
     with pytest.raises(ValueError, match="NaN"):
-        C.sample_loop(lambda x, t: x, x * float("nan"), ts, None, None, "euler", 1, "edm", [], "eps")
+        C.sample_loop(fn, x * float("nan"), **tables)
+    with pytest.raises(TypeError, match="float32"):  # float32 tables for a float64 state
+        C.sample_loop(fn, x, **{**tables, "u": tables["u"].float()})
+    with pytest.raises(ValueError, match="shape"):
+        C.sample_loop(fn, x, **{**tables, "p": tables["p"][:1]})
+    with pytest.raises(ValueError, match="w must have shape"):
+        C.sample_loop(fn, x, **{**tables, "w": torch.zeros(2, 2, 5, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="orders"):
+        C.sample_loop(fn, x, **{**tables, "orders": (2, 2)})  # step 0 has no older history entry
+    with pytest.raises(ValueError, match="orders"):
+        C.sample_loop(fn, x, **{**tables, "orders": (1,)})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        C.sample_loop(fn, x, **{**tables, "w": tables["w"] * float("inf")})
+    with pytest.raises(ValueError, match="is on meta"):
+        C.sample_loop(fn, x, **{**tables, "q": tables["q"].to("meta")})
+
+
+def test_loop_runs_any_process_through_the_python_tables():
+    """The native loop has no process formulas of its own: a subclass with its own alpha/sigma (here EDM with a
+    scaled time, sigma = 2t) runs natively and agrees with the Python solver."""
+    from indis.processes import EDMProcess
+
+    class ScaledEDM(EDMProcess):
+        def sigma(self, t):
+            return 2 * torch.as_tensor(t)
+
+        def d_sigma(self, t):
+            return 2 * torch.ones_like(torch.as_tensor(t))
+
+        def log_snr(self, t):
+            return -torch.log(2 * torch.as_tensor(t))
+
+    bb = ToyBackbone(ScaledEDM(), "x0")
+    ts = torch.tensor([40.0, 5.0, 0.5, 0.001], dtype=torch.float64)
+    x_T = 80 * torch.randn(2, 12, dtype=torch.float64)
+    for solver in ("ipndm", "dpmpp_2m"):
+        ref = py_sample(bb, x_T, ts, solver=solver)
+        got = native.sample(bb, x_T, ts, solver=solver)
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10 * ref.abs().max())
 
 
 def test_fast_sampler_paths_and_timings():

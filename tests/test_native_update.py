@@ -1,4 +1,5 @@
-"""Native fused update (CPU) and native per-sample coefficients against the Python specification."""
+"""Native fused update (CPU; the torch.ops.indis custom operators) and the step tables the native loop consumes
+(indis.solvers.step_tables) against the Python specification (linear_form and the Python sampler's conversions)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from indis import _native
 from indis.processes import get_process
-from indis.solvers import linear_form
+from indis.solvers import linear_form, step_tables
 from conftest import random_schedule
 
 C = pytest.importorskip("indis._C") if _native.native_available() else None
@@ -128,20 +129,60 @@ def test_fused_update_rejects_bad_input():
         native.fused_update_x0(out, x, h[0], x, [], u, u, u, w[:, :1])
 
 
-# ---- coefficients ---------------------------------------------------------------------------------
+# ---- custom operators ----------------------------------------------------------------------------
+def test_fused_ops_pass_opcheck():
+    """The schema (written tensors marked Tensor(a!)), the Meta kernel (FakeTensor, dynamic shapes under
+    aot_dispatch) and the autograd registration, as torch.library.opcheck tests custom operators."""
+    g = torch.Generator().manual_seed(0)
+    for dtype, m in ((torch.float32, 3), (torch.float64, 1), (torch.bfloat16, 4)):
+        x = torch.randn(4, 3, 5, generator=g).to(dtype)
+        hist = [torch.randn(x.shape, generator=g).to(dtype) for _ in range(m)]
+        u, w = torch.rand(4, generator=g), torch.randn(4, m, generator=g)
+        torch.library.opcheck(torch.ops.indis.fused_update.default, (torch.empty_like(x), x, hist, u, w))
+        torch.library.opcheck(torch.ops.indis.fused_update.default, (torch.empty_like(x), x, hist, u, w),
+                              {"check_finite": False})
+        p, q = torch.rand(4, generator=g), torch.rand(4, generator=g)
+        torch.library.opcheck(torch.ops.indis.fused_update_x0.default,
+                              (torch.empty_like(x), x, torch.randn(x.shape, generator=g).to(dtype), torch.empty_like(x),
+                               hist[: m - 1], p, q, u, w))
+
+
+def test_fused_ops_meta_and_autograd_kernels():
+    x = torch.randn(3, 8)
+    h = [torch.randn(3, 8) for _ in range(2)]
+    u, w = torch.rand(3), torch.rand(3, 2)
+    meta = lambda t: t.to("meta")
+    # the Meta kernel checks metadata (no memory is read) and writes nothing
+    torch.ops.indis.fused_update(meta(x), meta(x), [meta(t) for t in h], meta(u), meta(w))
+    with pytest.raises(ValueError, match="shape"):
+        torch.ops.indis.fused_update(meta(x), meta(x), [meta(t) for t in h], meta(u), meta(torch.rand(3, 3)))
+    # autograd: refused with a message, the version counter of the written tensor is bumped
+    out = torch.empty_like(x)
+    v0 = out._version
+    native.fused_update(out, x, h, u, w)
+    assert out._version > v0
+    with pytest.raises(ValueError, match="not differentiable"):
+        native.fused_update(out, x, h, u.clone().requires_grad_(), w)
+    with torch.no_grad():
+        native.fused_update(out, x, h, u.clone().requires_grad_(), w)
+
+
+# ---- step tables ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("proc_name", list(PROCESSES))
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("ipndm", 4), ("ipndm", 2), ("dpmpp_2m", 2), ("dpmpp_2m", 1)])
-def test_step_coeffs_match_linear_form(proc_name, solver, order):
+def test_step_tables_match_linear_form(proc_name, solver, order):
     proc, T, t0 = PROCESSES[proc_name]
     b, n = 6, 7
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
         ts, gamma, dtau = random_schedule(T, t0, b, n, dtype)
-        u, w, p, q, tc = native.step_coeffs(solver, proc, ts, dtau, gamma, order)
+        u, w, p, q, tc, orders, pred_is_basis = step_tables(solver, proc, ts, dtau, gamma, order)
         assert u.dtype == dtype and w.shape == (b, n, order if solver != "euler" else 1)
+        assert orders == tuple(min(order, i + 1) for i in range(n)) and pred_is_basis == (solver != "dpmpp_2m")
         for i in range(n):
             # specification, evaluated in fp64 from the same (rounded) inputs
             u_ref, w_ref = linear_form(solver, proc, ts.double(), i, gamma.double(), order)
             k = w_ref.shape[1]
+            assert k == orders[i]
             assert torch.allclose(u[:, i].double(), u_ref, rtol=tol, atol=0), (i, u[:, i], u_ref)
             scale = w_ref.abs().max()
             assert torch.allclose(w[:, i, :k].double(), w_ref, rtol=tol, atol=tol * scale), (i, w[:, i], w_ref)
@@ -149,10 +190,10 @@ def test_step_coeffs_match_linear_form(proc_name, solver, order):
         assert torch.equal(tc, ts[:, :-1] + dtau)
 
 
-def test_step_coeffs_shared_schedule_and_fp32_vs_python_fp32():
+def test_step_tables_shared_schedule_and_fp32_vs_python_fp32():
     proc = get_process("vp_cosine")
     ts = torch.linspace(0.9946, 1e-3, 6, dtype=torch.float32)
-    u, w, *_ = native.step_coeffs("ipndm", proc, ts, None, None, 3, batch=4)
+    u, w, *_ = step_tables("ipndm", proc, ts, None, None, 3, batch=4)
     assert u.shape == (4, 5) and torch.equal(u[0], u[3])
     for i in range(5):
         u_ref, w_ref = linear_form("ipndm", proc, ts, i, None, 3)  # Python in fp32
@@ -160,7 +201,7 @@ def test_step_coeffs_shared_schedule_and_fp32_vs_python_fp32():
         assert torch.allclose(w[:, i, : w_ref.shape[1]], w_ref.expand(4, -1), rtol=1e-4, atol=1e-7)
 
 
-def test_step_coeffs_prediction_maps():
+def test_step_tables_prediction_maps():
     """p x + q pred equals the Python conversion to the solver's basis."""
     from indis.solvers import make_grid
 
@@ -169,7 +210,8 @@ def test_step_coeffs_prediction_maps():
     x, pred = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     for ptype in ("eps", "x0", "velocity"):
         for solver in ("ipndm", "dpmpp_2m"):
-            u, w, p, q, tc = native.step_coeffs(solver, proc, ts, dtau, gamma, 2, prediction_type=ptype)
+            u, w, p, q, tc, _, pred_is_basis = step_tables(solver, proc, ts, dtau, gamma, 2, prediction_type=ptype)
+            assert pred_is_basis == (ptype == "eps" and solver == "ipndm")
             grid = make_grid(proc, ts)
             for i in range(4):
                 eps = proc.to_eps(pred, x, tc[:, i], ptype)
@@ -181,31 +223,24 @@ def test_step_coeffs_prediction_maps():
                 assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10), (ptype, solver, i)
 
 
-def test_step_coeffs_rejects_bad_input():
+def test_step_tables_read_sign_views_and_reject_bad_input():
     ts = torch.tensor([80.0, 1.0, 0.002], dtype=torch.float64)
-    f = native.step_coeffs
+    for a, b in zip(step_tables("ipndm", "edm", ts)[:5], step_tables("ipndm", "edm", torch._neg_view(-ts))[:5]):
+        assert torch.equal(a, b)
+    f = step_tables
     with pytest.raises(ValueError, match="order"):
         f("ipndm", "edm", ts, order=5)
     with pytest.raises(ValueError, match="order"):
         f("euler", "edm", ts, order=2)
-    with pytest.raises(ValueError, match="decreasing"):
-        f("euler", "edm", ts.flip(0))
     with pytest.raises(ValueError, match="N >= 1"):
         f("euler", "edm", ts[:1])
-    with pytest.raises(ValueError, match="NaN"):
-        f("euler", "edm", torch.tensor([80.0, float("nan"), 0.002], dtype=torch.float64))
-    with pytest.raises(ValueError, match="valid range"):
-        f("euler", "flow", torch.tensor([1.5, 0.5, 0.002], dtype=torch.float64))
     with pytest.raises(ValueError, match="shape"):
         f("euler", "edm", ts, gamma=torch.ones(3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="dtype"):
-        f("euler", "edm", ts, gamma=torch.ones(2, dtype=torch.float32))
-    with pytest.raises(ValueError, match="Python"):
-        C.step_coeffs("unipc", 2, "edm", [], ts)
-    from indis.processes import EDMProcess
-
-    class MyEDM(EDMProcess):  # a subclass may change the formulas: not assumed native
-        pass
-
-    with pytest.raises(ValueError, match="native"):
-        f("euler", MyEDM(), ts)
+    with pytest.raises(ValueError, match="batch"):
+        f("euler", "edm", ts.expand(2, -1), batch=3)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        f("euler", "edm", ts.half())
+    with pytest.raises(ValueError, match="prediction type"):
+        f("euler", "edm", ts, prediction_type="score")
+    with pytest.raises(ValueError, match="unipc"):
+        f("unipc", "edm", ts)
