@@ -1,6 +1,7 @@
-"""Host cost per step of the native sampler loop itself (_C.sample_loop with validate=False, timing=False), on a
-null backbone at batch 1: the number that the loop's per-call safety checks (state and history pointers
-re-checked after every backbone call, reused-output detection; issue 15) add to.
+"""Host cost per step of the native sampler loop itself (_C.sample_loop with validate=False, timing=False; its step
+tables computed once, outside the timing), on a null backbone at batch 1: the number that the loop's per-call
+safety checks (state and history pointers re-checked after every backbone call, reused-output detection;
+issue 15) add to.
 
     python benchmarks/bench_loop_checks.py [--batch 1] [--nfe 5] [--blocks 30] [--calls 100]
 
@@ -17,6 +18,7 @@ import torch
 
 from bench_loop_overhead import Null
 from indis import native
+from indis.solvers import step_tables
 
 
 def main():
@@ -31,9 +33,10 @@ def main():
     bb, x_T = Null(shape, "cpu"), 80 * torch.randn(shape)
     ts = torch.logspace(torch.log10(torch.tensor(80.0)), torch.log10(torch.tensor(0.002)), args.nfe + 1).float()
     C = native._C()
+    tables = step_tables("ipndm", "edm", ts, order=4, batch=args.batch)._asdict()
 
     def run():
-        C.sample_loop(lambda x, t: bb(x, t), x_T, ts, None, None, "ipndm", 4, "edm", [], "eps", False, 0, False, False)
+        C.sample_loop(lambda x, t: bb(x, t), x_T, **tables, validate=False, timing=False)
 
     with torch.no_grad():
         for _ in range(50):

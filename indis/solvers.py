@@ -230,14 +230,16 @@ def linear_form(
         raise ValueError(f"step index {i} out of range for {n} steps")
     u, w = solver.step_coefficients(make_grid(process, ts), i, order)
     if gamma is not None and solver.basis == "eps":
-        w = _fold_gamma(w, gamma if gamma.dim() == 2 else gamma.unsqueeze(0), i)
+        g = gamma if gamma.dim() == 2 else gamma.unsqueeze(0)
+        w = w * _gamma_windows(g, w.shape[1])[:, i].to(w.dtype)
     return u, w
 
 
-def _fold_gamma(w: Tensor, gamma: Tensor, i: int) -> Tensor:
-    """w [B, m] of step i times the scale gamma_{i-j} [B, N] of the history entry it multiplies (eps basis)."""
-    m = w.shape[1]
-    return w * torch.flip(gamma[:, i - m + 1 : i + 1], dims=[1]).to(w.dtype)
+def _gamma_windows(gamma: Tensor, m: int) -> Tensor:
+    """[B, N, m]: entry (i, j) is the scale gamma_{i-j} of the history entry h_{i-j} that w[:, i, j] multiplies
+    (eps basis: gamma folded into w), 1 where i - j < 0 (no such entry; its w is 0)."""
+    padded = torch.cat([gamma.new_ones(gamma.shape[0], m - 1), gamma], dim=1)
+    return padded.unfold(1, m, 1).flip(-1)
 
 
 def _x0_from_eps_hat(x: Tensor, eps_hat: Tensor, sigma: Tensor, alpha: Tensor) -> Tensor:
@@ -310,23 +312,25 @@ def step_tables(solver, process, timesteps: Tensor, dtau: Optional[Tensor] = Non
     us, ws = [], []
     for i in range(n):
         u, w = solver.step_coefficients(grid, i, order)
-        if g64 is not None and solver.basis == "eps":
-            w = _fold_gamma(w, g64, i)
         us.append(u)
-        ws.append(torch.nn.functional.pad(w, (0, order - w.shape[1])))
+        ws.append(w if w.shape[1] == order else torch.nn.functional.pad(w, (0, order - w.shape[1])))
+    w = torch.stack(ws, dim=1)
+    if g64 is not None and solver.basis == "eps":
+        w = w * _gamma_windows(g64, order)
     # prediction -> basis on the unit vectors: column 0 of the result is p, column 1 is q
-    tc = t_call.to(torch.float64).reshape(-1)
-    unit = torch.eye(2, dtype=torch.float64, device=dev)
-    x, pred = unit[0].expand(b * n, 2), unit[1].expand(b * n, 2)
-    h = process.to_eps(pred, x, tc, prediction_type)
+    x = torch.zeros(b * n, 2, dtype=torch.float64, device=dev)
+    x[:, 0] = 1.0
+    pred = x.flip(1)
+    h = process.to_eps(pred, x, t_call.to(torch.float64).reshape(-1), prediction_type)
     if solver.basis == "x0":
         if g64 is not None:
             h = _bcast(g64.reshape(-1), h) * h
         h = _x0_from_eps_hat(x, h, grid.sigma[:, :-1].reshape(-1), grid.alpha[:, :-1].reshape(-1))
-    h = h.reshape(b, n, 2)
-    return StepTables(u=torch.stack(us, dim=1).to(dtype), w=torch.stack(ws, dim=1).to(dtype),
-                      p=h[..., 0].to(dtype).contiguous(), q=h[..., 1].to(dtype).contiguous(), t_call=t_call,
-                      orders=orders, pred_is_basis=prediction_type == "eps" and solver.basis == "eps")
+    # one rounding to the tables' dtype for all of them (views of one [B, N, M + 3] tensor)
+    m = order
+    table = torch.cat([torch.stack(us, dim=1).unsqueeze(-1), w, h.reshape(b, n, 2)], dim=-1).to(dtype)
+    return StepTables(u=table[..., 0], w=table[..., 1 : m + 1], p=table[..., m + 1], q=table[..., m + 2],
+                      t_call=t_call, orders=orders, pred_is_basis=prediction_type == "eps" and solver.basis == "eps")
 
 
 # ------------------------------------------------------------------------------------------------
