@@ -1,7 +1,8 @@
 """INDIS: few-step diffusion and flow-matching sampling with instance-aware discretizations.
 
-The pure-PyTorch solvers here are the specification; the native module `indis._C` (csrc/) implements
-the same per-step linear form for speed.
+The pure-PyTorch solvers here are the specification and the only copy of the maths; the native sampler loop
+(`indis._C`, csrc/) runs the same per-step linear form for speed on the solvers' step tables
+(`indis.solvers.step_tables`).
 """
 __version__ = "0.1.0"
 

@@ -11,7 +11,8 @@ solver's *basis*: the scaled eps-prediction eps_hat = gamma * eps(x, tau + dtau)
 iPNDM), or the data prediction built from it, x0_hat = (x - sigma eps_hat) / alpha ("x0" basis:
 DPM-Solver++(2M), UniPC). `step_coefficients` returns (u, w) for one step; `linear_form` also folds gamma into
 w for the eps basis, so that w applies to the raw eps outputs: that is the contract of the fused native
-update (csrc/). The coefficient formulas below are the specification the native code must match.
+update (csrc/). `step_tables` evaluates them for all steps of a batch (with the map from the backbone output to the
+basis and the call times); the native loop reads those tables and restates no formula of this file.
 
 Formulas (h_i = lambda_{i+1} - lambda_i, a = alpha, s = sigma/alpha; EDM: a = 1, s = t):
   Euler:     y_{i+1} = y_i + (s_{i+1} - s_i) eps_i                    (= DDIM; = velocity Euler for flow OT)
