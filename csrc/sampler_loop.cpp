@@ -57,7 +57,8 @@ bool intact(const at::Tensor& t, const void* ptr, at::IntArrayRef sizes, at::Sca
          st.nbytes() >= static_cast<size_t>((t.storage_offset() + t.numel()) * static_cast<int64_t>(t.element_size()));
 }
 
-// A [B, N] (or [B, N, M]) coefficient table: on x's device, in the coefficient dtype, with its sign, contiguous.
+// A [B, N] (or [B, N, M]) coefficient table: on x's device, in the coefficient dtype, with its sign (any strides:
+// the update reads it through them; step_tables returns views of one tensor).
 at::Tensor table(const at::Tensor& t, const char* name, const at::Tensor& x, at::ScalarType coef_type, int64_t B,
                  int64_t N, int64_t M) {
   TORCH_CHECK_VALUE(t.defined(), name, " is None / undefined");
@@ -73,7 +74,7 @@ at::Tensor table(const at::Tensor& t, const char* name, const at::Tensor& x, at:
   } else {
     TORCH_CHECK_VALUE(ok, name, " must have shape [", B, ", ", N, ", M] (batch, steps, history), got ", t.sizes());
   }
-  return resolved(t).contiguous();
+  return resolved(t);
 }
 
 bool all_finite(const at::Tensor& t) { return t.numel() == 0 || at::isfinite(t).all().item<bool>(); }
@@ -143,11 +144,11 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
   std::vector<at::Tensor> t_call;
   t_call.reserve(N);
   for (int64_t i = 0; i < N; ++i) t_call.push_back(tc_steps[i]);
-  const char* u0 = static_cast<const char*>(u.data_ptr());
-  const char* w0 = static_cast<const char*>(w.data_ptr());
-  const char* p0 = static_cast<const char*>(p.data_ptr());
-  const char* q0 = static_cast<const char*>(q.data_ptr());
+  // column i of a table: its first element, then the sample stride (and w's history stride) in the update args
   const int64_t esz = u.element_size();
+  auto column = [esz](const at::Tensor& t, int64_t i) {
+    return static_cast<const char*>(t.data_ptr()) + i * t.stride(1) * esz;
+  };
 
   double backbone_ms = 0.0, update_ms = 0.0;
   at::Tensor x;
@@ -184,11 +185,11 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
     a.batch = B;
     a.inner = x.numel() / B;
     a.has_pred = buffered ? 1 : 0;
-    a.u_sb = N;
-    a.w_sb = N * M;
-    a.w_sj = 1;
-    a.p_sb = N;
-    a.q_sb = N;
+    a.u_sb = u.stride(0);
+    a.w_sb = w.stride(0);
+    a.w_sj = w.stride(2);
+    a.p_sb = p.stride(0);
+    a.q_sb = q.stride(0);
 
     py::object x_py = py::cast(x);  // the same torch.Tensor object every step
     for (int64_t i = 0; i < N; ++i) {
@@ -255,16 +256,16 @@ py::dict sample_loop(py::object backbone, const at::Tensor& x_T, const at::Tenso
       if (buffered) {
         a.pred = pred.data_ptr();
         a.slot = const_cast<void*>(ring_ptr[slot]);
-        a.p = p0 + i * esz;
-        a.q = q0 + i * esz;
+        a.p = column(p, i);
+        a.q = column(q, i);
       } else {
         ring[slot] = pred;  // keep the output alive while it is in the history
         ring_ptr[slot] = pred.data_ptr();
         a.hist[0] = ring_ptr[slot];
       }
       a.m = k;
-      a.u = u0 + i * esz;
-      a.w = w0 + i * M * esz;
+      a.u = column(u, i);
+      a.w = column(w, i);
       if (on_cuda) {
         run_update(a, true, stream);
       } else {

@@ -158,6 +158,27 @@ def test_loop_bad_input():
         C.sample_loop(fn, x, **{**tables, "q": tables["q"].to("meta")})
 
 
+def test_loop_reads_tables_through_their_strides():
+    """The loop reads each table through its strides (step_tables returns views of one tensor): contiguous copies,
+    a shared schedule broadcast with stride 0 and a history-major w give the same sample."""
+    C = _native.load()
+    bb = ToyBackbone("edm", "x0")
+    ts = torch.tensor([80.0, 5.0, 0.5, 0.05, 0.002], dtype=torch.float64)
+    x_T = 80 * torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fn = lambda x, t: bb(x, t)
+    for solver, order in (("ipndm", 3), ("dpmpp_2m", 2)):
+        tab = step_tables(solver, "edm", ts, None, None, order, "x0", batch=3)._asdict()
+        assert not tab["u"].is_contiguous()  # views of one [B, N, M + 3] tensor
+        ref = C.sample_loop(fn, x_T, **tab)["x"]
+        dense = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tab.items()}
+        one = step_tables(solver, "edm", ts, None, None, order, "x0", batch=1)._asdict()
+        shared = {k: v.expand(3, *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in one.items()}
+        w_hist_major = tab["w"].permute(2, 0, 1).contiguous().permute(1, 2, 0)
+        for variant in (dense, shared, {**tab, "w": w_hist_major}):
+            assert torch.equal(C.sample_loop(fn, x_T, **variant)["x"], ref)
+        assert torch.allclose(ref, py_sample(bb, x_T, ts, solver=solver, order=order), rtol=1e-10, atol=1e-8)
+
+
 def test_loop_runs_any_process_through_the_python_tables():
     """The native loop has no process formulas of its own: a subclass with its own alpha/sigma (here EDM with a
     scaled time, sigma = 2t) runs natively and agrees with the Python solver."""
