@@ -264,3 +264,18 @@ def test_cli_prompt_table_gives_each_seed_a_row(tmp_path, monkeypatch, capsys):
     assert "--prompt-table" in capsys.readouterr().err
     assert main(base + ["--prompt-table", "table.safetensors", "--class", "0", "--out", "h.png"]) == 2
     assert "this one is text-conditional" in capsys.readouterr().err
+
+
+def test_contradicting_options_are_refused(cond_bb):
+    p = _predictor(cond_bb, nfe=3)
+    assert Sampler(cond_bb, p, nfe=3).fast.solver.name == "ipndm"
+    for kw, msg in (({"nfe": 4}, "nfe 4 conflicts with the predictor, which makes 3 steps"),
+                    ({"schedule": "karras"}, "applies to sampling without a predictor")):
+        with pytest.raises(ValueError, match=msg):
+            Sampler(cond_bb, p, **kw)
+    with pytest.raises(ValueError, match="needs nfe"):
+        Sampler(cond_bb, schedule="karras")
+    with pytest.raises(ValueError, match="loop must be one of"):
+        Sampler(cond_bb, p, loop="fast")
+    with pytest.raises(ValueError, match=r"integer class in \[0, 2\)"):
+        next(Sampler(cond_bb, p).iter_seeds([0], class_label=-1))

@@ -172,7 +172,9 @@ class Sampler:
             if schedule is not None:
                 raise ValueError(f"schedule {schedule!r} applies to sampling without a predictor; the predictor makes "
                                  "its own schedule")
-            own = getattr(getattr(predictor, "param", None), "nfe", None) or getattr(predictor, "nfe", None)
+            # the steps it was saved / exported for (AMED-Plugin: its network calls), else its parameterization's
+            own = (self.meta.get("nfe") or getattr(predictor, "nfe", None)
+                   or getattr(getattr(predictor, "param", None), "nfe", None))
             if nfe is not None and own is not None and int(nfe) != int(own):
                 raise ValueError(f"nfe {nfe} conflicts with the predictor, which makes {own} steps")
         elif schedule is not None or nfe is not None:
