@@ -1,4 +1,5 @@
-"""Per-step overhead of the native sampler loop (indis._C.sample_loop) against the Python loop.
+"""Per-step overhead of the native sampler loop (indis._C.sample_loop) against the Python loop, and of the layers
+above it: indis.native.FastSampler and the sampler facade indis.sampling.sampler.Sampler.
 
     python benchmarks/bench_loop_overhead.py [--device cpu|cuda] [--backbone null|conv|edm-cifar10] [--threads 2]
 
@@ -19,6 +20,7 @@ import torch
 
 from indis import native
 from indis.discretization import Discretization
+from indis.sampling.sampler import Sampler
 from indis.solvers import sample as py_sample
 
 
@@ -103,8 +105,10 @@ def main():
             t_nat = med(lambda: native.sample(bb, x_T, disc, solver=args.solver), dev, args.reps)
             fs = native.FastSampler(bb, solver=args.solver, cuda_graph=False)
             t_fs = med(lambda: fs(x_T, disc=disc), dev, args.reps)
+            sampler = Sampler(bb, solver=args.solver, loop="auto", cuda_graph=False, device=dev)
+            t_sampler = med(lambda: sampler(x_T, disc=disc), dev, args.reps)
             row = {"nfe": nfe, "backbone_ms": bb_only * 1e3}
-            for name, t in (("python", t_py), ("native", t_nat), ("fastsampler", t_fs)):
+            for name, t in (("python", t_py), ("native", t_nat), ("fastsampler", t_fs), ("sampler", t_sampler)):
                 ov = max(t - bb_only, 0.0)
                 row[f"{name}_total_ms"] = t * 1e3
                 row[f"{name}_overhead_us_per_step"] = ov / nfe * 1e6
@@ -114,7 +118,9 @@ def main():
                   f"overhead {row['python_overhead_us_per_step']:.0f} us/step ({100 * row['python_overhead_share']:.1f}%) | "
                   f"native total {row['native_total_ms']:.2f} ms, overhead {row['native_overhead_us_per_step']:.0f} us/step "
                   f"({100 * row['native_overhead_share']:.1f}%) | FastSampler {row['fastsampler_total_ms']:.2f} ms, "
-                  f"{row['fastsampler_overhead_us_per_step']:.0f} us/step ({100 * row['fastsampler_overhead_share']:.1f}%)",
+                  f"{row['fastsampler_overhead_us_per_step']:.0f} us/step ({100 * row['fastsampler_overhead_share']:.1f}%) | "
+                  f"Sampler {row['sampler_total_ms']:.2f} ms, {row['sampler_overhead_us_per_step']:.0f} us/step "
+                  f"({100 * row['sampler_overhead_share']:.1f}%)",
                   flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             ip(seeds=SEEDS, guidance_scale=scale, output_type="latent", **kw)  # warm-up
             t0 = time.perf_counter()
             out = ip(seeds=SEEDS, guidance_scale=scale, output_type="latent", **kw)
-            res[out.timings["path"]] = (rel(out.images, want), time.perf_counter() - t0)
+            res[out.timings.path] = (rel(out.images, want), time.perf_counter() - t0)
         sched_err = "-"
         if direct is not None:
             c1 = bb.cond_spec.check(cond, len(SEEDS))

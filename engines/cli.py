@@ -1,19 +1,18 @@
 """`indis export` (registered here) and the `--engines DIR --backend ...` path of `indis sample`
-(registered by indis.training.cli, which calls `sample_from_engines`)."""
+(registered by indis.training.cli, which calls `engine_sampler`)."""
 from __future__ import annotations
 
 import argparse
 from typing import List
 
 from ..cli import main as indis_main
-from ..discretization import Discretization
 from ..export.onnx_export import check_profile
 from ..export.pipeline import export_folder
 from ..io import EXPORT, claim_folder, load_prompt_table
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
+from ..sampling.sampler import Sampler
 from ..sampling.seeds import parse_seeds
-from .loader import sample_seeds
 from .spec import BACKBONE_HELP, resolve_backbone
 
 
@@ -103,22 +102,17 @@ def add_sample_options(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (for --engines)")
 
 
-def sample_from_engines(args, seeds):
-    """(x0 [S, ...], discretization parts, x_T, cond, predictor callable) for `indis sample --engines`.
-    seeds: the parsed --seeds (a list or indis.sampling.seeds.SeedList). --backbone, when given, is the torch
-    backbone of the torch / native backends (its id must be the manifest's); the manifest itself only ever names
-    a registry backbone."""
+def engine_sampler(args, table=None) -> Sampler:
+    """The Sampler of `indis sample --engines DIR --backend ...` (indis.sampling.sampler.Sampler.from_engines).
+    --backbone, when given, is the torch backbone of the torch / native backends (its id must be the manifest's);
+    the manifest itself only ever names a registry backbone. table: the prompt table of a text-conditional export."""
     if getattr(args, "cfg_scale", 1.0) != 1.0:
         raise ValueError("--cfg-scale is not supported with --engines yet (the exported backbone is the plain conditional model)")
     backbone = None
     if getattr(args, "backbone", None):
         backbone = resolve_backbone(args.backbone)
-    x, parts, x_T, cond, fs = sample_seeds(args.engines, seeds, args.backend, args.device,
-                                           batch_size=args.batch_size, threads=getattr(args, "threads", 0) or 0,
-                                           backbone=backbone, progress=not args.no_progress,
-                                           solver=getattr(args, "solver", None))
-    print(f"sampled {len(x)} seeds from {args.engines} on backend {args.backend} ({fs.backbone.provider})")
-    return x, [Discretization(parts["timesteps"], parts["dtau"], parts["gamma"])], x_T, cond, fs.predictor
+    return Sampler.from_engines(args.engines, args.backend, args.device, solver=getattr(args, "solver", None),
+                                threads=getattr(args, "threads", 0) or 0, backbone=backbone, prompt_table=table)
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -55,6 +56,19 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A PNG of one image [C, H, W] with values in [-1, 1] (C = 1: 8-bit grayscale, C = 3: RGB), quantised as
+    NVlabs/edm's generate.py does: uint8(clip(x * 127.5 + 128, 0, 255))."""
+    from PIL import Image  # pillow comes with matplotlib; imported here like the plotting code
+
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"a PNG image must have shape [1 or 3, H, W], got {tuple(image.shape)}")
+    arr = (image.detach().float().cpu() * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    (Image.fromarray(arr[:, :, 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")).save(buf, format="png")
+    return buf.getvalue()
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

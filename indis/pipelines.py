@@ -5,7 +5,7 @@ for users who keep their own denoising loop.
 predictor (module or predictor.safetensors). A call draws x_T per seed exactly as `indis sample` does
 (indis.sampling.seeds: one CPU generator per sample, so a seed gives the same image in any batch), predicts every
 sample's discretization {tau, dtau, gamma} in one predictor call, and integrates the whole batch in one sampler call
-(indis.native.FastSampler: the native loop for Euler / iPNDM / DPM-Solver++(2M) when indis._C is built, else
+(indis.sampling.sampler.Sampler: the native loop for Euler / iPNDM / DPM-Solver++(2M) when indis._C is built, else
 indis.solvers.sample) with classifier-free guidance as one doubled batch per network call
 (indis.sampling.guidance.GuidedBackbone), then decodes latents with the pipeline's VAE.
 
@@ -30,10 +30,9 @@ import torch
 from .backbones.diffusers import (DiffusersAdapter, DiscreteSchedule, default_schedule, model_output_to_indis,
                                  model_timesteps, pack_text_cond, require_diffusers, resolve_prediction_type)
 from .discretization import Discretization
-from .native import FastSampler
 from .processes import _bcast, get_process
-from .sampling.guidance import GuidedBackbone
 from .sampling.load import load_predictor
+from .sampling.sampler import Sampler, Timings
 from .sampling.seeds import draw, unit_noise_from_generators
 from .solvers import _check_schedule, get_solver, linear_form, unpack_discretization
 
@@ -52,12 +51,12 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 class IndisPipelineOutput(BaseOutput):
     """images: PIL images, an NHWC numpy array, an NCHW tensor in [0, 1], or the latents (output_type "latent");
     seeds: the seed of each image (None where generators were given); discretization: each sample's timesteps
-    [B, N+1], dtau [B, N], gamma [B, N]; timings: the sampler's (path taken, milliseconds)."""
+    [B, N+1], dtau [B, N], gamma [B, N]; timings: the sampler's Timings (path taken, milliseconds)."""
 
     images: Any
     seeds: Optional[List[int]]
     discretization: Discretization
-    timings: Dict[str, Any]
+    timings: Timings
 
 
 def _noise_from_generators(generators: Sequence[torch.Generator], data_shape, prior_std: float, n_choices: int = 0):
@@ -78,7 +77,7 @@ class IndisPipeline:
     solver, order: the few-step solver the predictor was trained for (default: the predictor's metadata, else ipndm).
     pipe: the diffusers pipeline, for prompt encoding (pipe.encode_prompt); None when only embeddings are given.
     guidance_scale: default classifier-free guidance scale (default: the training run's cfg_scale, else 1).
-    backend: FastSampler's "auto" (native loop when it can), "native" or "python".
+    backend: the Sampler's loop: "auto" (native loop when it can), "native" or "python".
     """
 
     def __init__(self, backbone: DiffusersAdapter, predictor: torch.nn.Module, solver: Optional[str] = None,
@@ -279,14 +278,13 @@ class IndisPipeline:
         if scale != 1.0 and c is None:
             raise ValueError("guidance_scale != 1 needs a conditional model")
 
-        disc = self.predictor(x_T, c)
-        net = GuidedBackbone(bb, scale, null_cond=None if null is None else null.to(dev))
-        sampler = FastSampler(net, solver=self.solver, order=self.order, backend=self.backend,
-                              state_dtype=torch.float32, cuda_graph=self.cuda_graph)
-        x0, timings = sampler(x_T, c, disc=disc)
-        images = self.postprocess(x0, output_type)
+        sampler = Sampler(bb, self.predictor, solver=self.solver, order=self.order, loop=self.backend,
+                          cfg_scale=scale, null_cond=None if null is None else null.to(dev), device=dev,
+                          state_dtype=torch.float32, cuda_graph=self.cuda_graph)
+        res = sampler.sample(x_T, c)
+        images = self.postprocess(res.x0, output_type)
         out = IndisPipelineOutput(images=images, seeds=seeds if generator is None else None,
-                                  discretization=disc.detach(), timings=timings)
+                                  discretization=res.discretization.detach(), timings=res.timings)
         return out if return_dict else (images,)
 
     def postprocess(self, x0: Tensor, output_type: str = "pil"):

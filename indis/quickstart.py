@@ -22,7 +22,6 @@ from typing import Dict, List
 import torch
 
 from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
-from .engines.loader import load_engine_sampler
 from .engines.spec import BACKBONE_HELP, resolve_backbone
 from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
 from .export.pipeline import export_folder
@@ -31,6 +30,7 @@ from .metrics.fid import digits_features
 from .native import native_available
 from .sampling.guidance import GuidedBackbone
 from .sampling.load import load_predictor
+from .sampling.sampler import Sampler
 from .solvers import sample
 from .training.teacher import TeacherConfig, generate_teacher, load_teacher
 from .training.train import TrainConfig, train
@@ -195,10 +195,10 @@ def _fast_sample(predictor, backbone, teacher, engines_dir, log) -> Dict:
         ref = sample(backbone, x_T, predictor(x_T, cond), solver="ipndm", cond=cond, state_dtype=torch.float32)
     out: Dict = {"n": len(pos), "backends": {}}
     for backend in (["native"] if native_available() else []) + ["ort"]:
-        sampler = load_engine_sampler(engines_dir, backend=backend, backbone=backbone, log=log)
-        x0, info = sampler(x_T, cond)
-        out["backends"][backend] = {"path": info.get("path", backend), "max_abs_diff_vs_torch": float((x0 - ref).abs().max()),
-                                    "total_ms": 1e3 * info["total"]}
+        sampler = Sampler.from_engines(engines_dir, backend=backend, backbone=backbone, log=log)
+        x0, timings = sampler(x_T, cond)
+        out["backends"][backend] = {"path": timings.path, "max_abs_diff_vs_torch": float((x0 - ref).abs().max()),
+                                    "total_ms": timings.total_ms}
     first = next(iter(out["backends"]))
     out["path"], out["max_abs_diff_vs_torch"] = first, out["backends"][first]["max_abs_diff_vs_torch"]
     return out

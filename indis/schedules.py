@@ -94,11 +94,27 @@ HEURISTICS: Dict[str, Callable] = {
 }
 
 
+# names the ecosystem uses for the same schedules: name -> (schedule, its fixed keyword arguments).
+# "karras": Karras et al. 2022 (EDM), the polynomial schedule with rho = 7 (k-diffusion's get_sigmas_karras,
+# diffusers' use_karras_sigmas).
+ALIASES: Dict[str, tuple] = {
+    "karras": ("polynomial", {"rho": 7.0}),
+}
+SCHEDULE_NAMES = tuple(HEURISTICS) + tuple(ALIASES)  # every name get_schedule accepts
+
+
 def get_schedule(name: str, process, n: int, t0: float | None = None, T: float | None = None, **kwargs) -> Tensor:
-    """A heuristic schedule by name (uniform, logsnr, polynomial, quadratic, flow_shift), float64, decreasing."""
+    """A heuristic schedule by name (uniform, logsnr, polynomial, quadratic, flow_shift; karras = polynomial with
+    rho 7), float64, decreasing."""
     process = get_process(process)
+    if name in ALIASES:
+        target, fixed = ALIASES[name]
+        clash = {k: v for k, v in kwargs.items() if k in fixed and v != fixed[k]}
+        if clash:
+            raise ValueError(f"schedule {name!r} is {target} with {fixed}; for other values use {target!r} ({clash})")
+        name, kwargs = target, {**kwargs, **fixed}
     if name not in HEURISTICS:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(HEURISTICS)}")
+        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULE_NAMES)}")
     t0 = process.t0 if t0 is None else float(t0)
     T = process.T if T is None else float(T)
     ts = HEURISTICS[name](process, n, t0, T, **kwargs)

@@ -16,6 +16,7 @@ from indis.export.pipeline import export_folder
 from indis.predictor import Predictor
 from indis.solvers import sample
 from indis.backbones.demo import ImageGMM
+from indis.sampling.sampler import Sampler
 from indis.sampling.seeds import draw
 from conftest import small_edm
 
@@ -53,20 +54,20 @@ def folders(tmp_path_factory):
 
 @pytest.mark.parametrize("which", ["gmm", "edm"])
 def test_backends_give_the_same_samples(folders, which):
-    from indis.engines.loader import sample_seeds
-
     folder, bb, model = folders[which]
     res = {}
     for be in ("torch", "ort"):
-        x, parts, x_T, cond, fs = sample_seeds(folder, SEEDS[:5], be, batch_size=5, backbone=bb)
-        res[be] = (x, parts)
-    assert fs.backbone.provider == "CPUExecutionProvider"
+        fs = Sampler.from_engines(folder, be, backbone=bb)
+        r = fs.sample_seeds(SEEDS[:5], batch_size=5)
+        x_T, cond = r.x_T, r.cond
+        res[be] = (r.x0, r.discretization)
+    assert fs.provider == "CPUExecutionProvider"
     # float64-state PyTorch reference on the same discretization
     with torch.no_grad():
         d = model(x_T, cond)
         x64 = sample(bb, x_T.double(), d.to(torch.float64), solver="ipndm", cond=cond, state_dtype=torch.float64).float()
     (xt, pt), (xo, po) = res["torch"], res["ort"]
-    assert (pt["timesteps"] - po["timesteps"]).abs().max() < 1e-4
+    assert (pt.timesteps - po.timesteps).abs().max() < 1e-4
     diff = (xo - xt).abs().max().item()
     err_torch = (xt - x64).abs().max().item()
     err_ort = (xo - x64).abs().max().item()
@@ -76,26 +77,26 @@ def test_backends_give_the_same_samples(folders, which):
 
 def test_native_backend(folders):
     pytest.importorskip("indis.native")
-    from indis.engines.loader import sample_seeds
-
     folder, bb, _ = folders["edm"]
-    xt, *_ = sample_seeds(folder, SEEDS[:5], "torch", batch_size=5, backbone=bb)
-    xn, *_ = sample_seeds(folder, SEEDS[:5], "native", batch_size=5, backbone=bb)
+    xt = Sampler.from_engines(folder, "torch", backbone=bb).sample_seeds(SEEDS[:5], batch_size=5).x0
+    xn = Sampler.from_engines(folder, "native", backbone=bb).sample_seeds(SEEDS[:5], batch_size=5).x0
     assert (xn - xt).abs().max() <= SAMPLE_ATOL
     # the native loop drives any engine backbone: here the ONNX Runtime one
-    xo, _, _, _, fs = sample_seeds(folder, SEEDS[:5], "native", batch_size=5, native_runtime="ort")
-    assert fs.backend == "native" and fs.backbone.provider == "CPUExecutionProvider"
+    fs = Sampler.from_engines(folder, "native", native_runtime="ort")
+    xo = fs.sample_seeds(SEEDS[:5], batch_size=5).x0
+    assert fs.backend == "native" and fs.provider == "CPUExecutionProvider"
     assert (xo - xt).abs().max() <= SAMPLE_ATOL
 
 
 def test_batch_invariance_and_provider(folders):
     import onnxruntime as ort
 
-    from indis.engines.loader import load_engines, sample_seeds
+    from indis.engines.loader import load_engines
 
     folder, bb, _ = folders["gmm"]
-    a, *_ = sample_seeds(folder, SEEDS, "ort", batch_size=3)
-    b, *_ = sample_seeds(folder, SEEDS[2:5], "ort", batch_size=1)
+    fs = Sampler.from_engines(folder, "ort")
+    a = fs.sample_seeds(SEEDS, batch_size=3).x0
+    b = fs.sample_seeds(SEEDS[2:5], batch_size=1).x0
     assert (a[2:5] - b).abs().max() < 1e-5
     pred, eb, man = load_engines(folder, "ort", threads=1)
     sess = eb.runner.session

@@ -478,11 +478,12 @@ def test_9_huge_seed_range_in_bounded_memory(tmp_path):
 
 def test_9_seed_streaming_through_the_engines(export_dir):
     """Seeds go through the engines batch by batch: a SeedList gives the samples of the same list."""
-    from indis.engines.loader import sample_seeds
+    from indis.sampling.sampler import Sampler
     from indis.sampling.seeds import parse_seeds
 
-    a, *_ = sample_seeds(export_dir, parse_seeds("3-7,11"), "ort", batch_size=2)
-    b, *_ = sample_seeds(export_dir, [3, 4, 5, 6, 7, 11], "ort", batch_size=6)
+    fs = Sampler.from_engines(export_dir, "ort")
+    a = fs.sample_seeds(parse_seeds("3-7,11"), batch_size=2).x0
+    b = fs.sample_seeds([3, 4, 5, 6, 7, 11], batch_size=6).x0
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 

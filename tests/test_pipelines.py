@@ -75,7 +75,7 @@ def test_class_unet_batched_call_equals_indis_sample(diffusers, backend, solver)
     if backend == "auto":
         from indis.native import native_available
 
-        assert out.timings["path"] == ("native" if native_available() else "python")
+        assert out.timings.path == ("native" if native_available() else "python")
     # generators seeded with the seeds give the same noise and labels
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     assert torch.equal(ip(generator=gens, guidance_scale=2.0, output_type="latent").images, out.images)
@@ -437,7 +437,7 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
     pytest.importorskip("onnxruntime")
     from indis.backbones.diffusers import DiffusersAdapter
     from indis.cli import main
-    from indis.engines.loader import sample_seeds
+    from indis.sampling.sampler import Sampler
     from indis.io import save_tensors
     from indis.native import native_available
     from indis.pipelines import IndisPipeline
@@ -500,10 +500,10 @@ def test_family_chain_folder_teacher_train_pipeline_export(diffusers, family, tm
     want1 = per_sample(bb, pred, x_T, cond, "ipndm")
     backends = ("ort", "native") if native_available() else ("ort",)
     for backend in backends:
-        x0, disc, xt, c, _ = sample_seeds(f"{d}/e", seeds, backend=backend, table=table,
-                                          backbone=bb if backend == "native" else None, threads=1)
-        assert torch.equal(xt, x_T) and torch.equal(c, cond)
-        close(x0, want1)
+        r = Sampler.from_engines(f"{d}/e", backend, prompt_table=table, backbone=bb if backend == "native" else None,
+                                 threads=1).sample_seeds(seeds)
+        assert torch.equal(r.x_T, x_T) and torch.equal(r.cond, cond)
+        close(r.x0, want1)
     capsys.readouterr()
 
 
@@ -562,15 +562,15 @@ def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, 
     # export (the rotary embedding is a constant of the latent shape while tracing; see export_context) -> samples
     # from the export folder on ONNX Runtime and the native loop equal indis.sample per sample
     pytest.importorskip("onnxruntime")
-    from indis.engines.loader import sample_seeds
+    from indis.sampling.sampler import Sampler
     from indis.native import native_available
 
     assert main(["export", "--backbone", "ltxbb:backbone", "--predictor", f"{d}/r/predictor.safetensors", "--out",
                  f"{d}/e", "--prompt-table", f"{d}/table.safetensors", "--threads", "1"]) == 0
     assert "forward" not in vars(bb.model.rope)  # the export context is left
     for backend in ("ort", "native") if native_available() else ("ort",):
-        x0, _, xt, c, _ = sample_seeds(f"{d}/e", seeds, backend=backend, table=table,
-                                       backbone=bb if backend == "native" else None, threads=1)
-        assert torch.equal(xt, x_T) and torch.equal(c, cond)
-        close(x0, want)
+        r = Sampler.from_engines(f"{d}/e", backend, prompt_table=table, backbone=bb if backend == "native" else None,
+                                 threads=1).sample_seeds(seeds)
+        assert torch.equal(r.x_T, x_T) and torch.equal(r.cond, cond)
+        close(r.x0, want)
     capsys.readouterr()

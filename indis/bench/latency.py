@@ -13,8 +13,9 @@ predictor are timed in rotation (one of each per round) so that drifts of a shar
 every run starts on an idle device and is timed with CUDA events on the current stream (host launch gaps included).
 A backend that cannot run here is reported as skipped, with the reason, never silently dropped.
 
+Every backend runs the one sampler, indis.sampling.sampler.Sampler (timings in its Timings record).
 Backends: torch (the Python solver loop, eager), torch_graph (the Python loop, every backbone call replayed from a
-CUDA graph), native (the C++ sampler loop, indis.native.FastSampler without CUDA graphs), native_graph (the C++ loop
+CUDA graph), native (the C++ sampler loop of indis.native, without CUDA graphs), native_graph (the C++ loop
 captured whole in one CUDA graph: N backbone calls, N fused updates and the coefficients; its limit is one CUDA
 graph of the N backbone calls alone), ort and trt (exported engines). Each row also gives the largest difference of
 its samples from the first backend's on the same x_T (`max_abs_diff_vs`), a cross-check of the fast paths.
@@ -32,12 +33,10 @@ import torch
 
 from .. import _native
 from ..discretization import DiscretizationParam
-from ..engines.loader import load_engine_sampler
 from ..engines.runtime import torch_engine_backbone
 from ..io import atomic_write_json, atomic_write_text
-from ..native import FastSampler
 from ..predictor import Predictor
-from ..solvers import sample
+from ..sampling.sampler import Sampler
 
 Tensor = torch.Tensor
 
@@ -100,13 +99,8 @@ def default_predictor(backbone, nfe: int) -> Predictor:
 # backbone-only limit and the predictor's share; limit (optional): (x_T, t, cond, nfe) -> a zero-argument callable
 # that is that backend's backbone-only limit (default: nfe calls of backbone)
 def _torch_runner(s: BenchSetup):
-    bb, phi = s.backbone, s.predictor
-
-    def run(x_T, cond):
-        disc = phi(x_T, cond)
-        return sample(bb, x_T, disc, solver=s.solver, order=s.order, cond=cond, state_dtype=torch.float32)
-
-    return run, bb, phi
+    sampler = Sampler(s.backbone, s.predictor, solver=s.solver, order=s.order, loop="python", device=s.device)
+    return (lambda x_T, cond: sampler(x_T, cond)[0]), s.backbone, s.predictor
 
 
 def _torch_graph_runner(s: BenchSetup):
@@ -114,12 +108,8 @@ def _torch_graph_runner(s: BenchSetup):
     if s.device.type != "cuda":
         raise Unavailable("CUDA graphs need a CUDA device (none here)")
     net = torch_engine_backbone(s.backbone, s.device, cuda_graph=True)
-    phi = s.predictor
-
-    def run(x_T, cond):
-        return sample(net, x_T, phi(x_T, cond), solver=s.solver, order=s.order, cond=cond, state_dtype=torch.float32)
-
-    return run, net, phi
+    sampler = Sampler(net, s.predictor, solver=s.solver, order=s.order, loop="python", device=s.device)
+    return (lambda x_T, cond: sampler(x_T, cond)[0]), net, s.predictor
 
 
 def _native_sampler(s: BenchSetup, cuda_graph: bool):
@@ -129,13 +119,14 @@ def _native_sampler(s: BenchSetup, cuda_graph: bool):
         raise Unavailable(f"the native module is not available: {e}") from e
     if s.device.type == "cuda" and not _native.build_info()["cuda"]:
         raise Unavailable("indis._C was built without CUDA (rebuild with INDIS_CUDA=1)")
-    fs = FastSampler(s.backbone, s.predictor, solver=s.solver, order=s.order, backend="native", cuda_graph=cuda_graph)
+    sampler = Sampler(s.backbone, s.predictor, solver=s.solver, order=s.order, loop="native", cuda_graph=cuda_graph,
+                      device=s.device)
     want = "native+cuda_graph" if cuda_graph else "native"
 
     def run(x_T, cond):
-        x0, timings = fs(x_T, cond)
-        if timings["path"] != want:  # a silent fallback would time the wrong thing
-            raise RuntimeError(f"FastSampler took path {timings['path']!r}, expected {want!r}")
+        x0, timings = sampler(x_T, cond)
+        if timings.path != want:  # a silent fallback would time the wrong thing
+            raise RuntimeError(f"the sampler took path {timings.path!r}, expected {want!r}")
         return x0
 
     return run
@@ -182,8 +173,8 @@ def _engine_runner(kind: str):
         if s.engines_dir is None:
             raise Unavailable(f"the {kind} backend runs exported artifacts: pass --engines DIR (made by `indis export`)")
         try:
-            fs = load_engine_sampler(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
-                                     backbone=s.backbone, log=lambda *a: None)
+            fs = Sampler.from_engines(s.engines_dir, backend=kind, device=s.device, solver=s.solver, order=s.order,
+                                      backbone=s.backbone, log=lambda *a: None)
         except (ImportError, RuntimeError, ValueError) as e:  # ValueError: an ArtifactError (other backbone, ...)
             raise Unavailable(str(e)) from e
         man_bid, man_nfe = fs.manifest["backbone_id"], int(fs.manifest["nfe"])

@@ -21,19 +21,19 @@ from typing import Optional
 
 import torch
 
-from ..engines.cli import add_sample_options, sample_from_engines
+from ..engines.cli import add_sample_options, engine_sampler
 from ..engines.spec import BACKBONE_HELP, resolve_backbone
 from ..evaluate import evaluate_methods, plot_timesteps, write_results
 from ..export.manifest import load_manifest
-from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_metadata, load_prompt_table
+from ..io import (TEACHER, atomic_write_bytes, atomic_write_json, check_writable_dir, check_writable_file, claim_folder,
+                  load_metadata, load_prompt_table, png_bytes)
 from ..metrics import fid
 from ..metrics.distances import LPIPS
 from ..metrics.inception import inception_feature_fn
 from ..sampling.fixed import heuristic
-from ..sampling.guidance import GuidedBackbone
 from ..sampling.load import load_predictor
-from ..sampling.seeds import draw, parse_seeds, seed_batches
-from ..sampling.solve import solve
+from ..sampling.sampler import Sampler
+from ..sampling.seeds import parse_seeds
 from .teacher import TeacherConfig, generate_teacher, load_teacher
 from .train import TrainConfig, check_run_folder, train
 
@@ -172,6 +172,8 @@ def _check_sample_options(args):
     out = Path(args.out)
     for path in [out, out.with_suffix(".timesteps.json")] + ([out.with_suffix(".timesteps.png")] if args.plot else []):
         check_writable_file(path)
+    if args.outdir:
+        check_writable_dir(args.outdir, "--outdir")
     if args.engines:
         if args.predictor:
             raise ValueError("--engines brings its own predictor; give --engines DIR or --predictor FILE, not both")
@@ -195,6 +197,18 @@ def _check_sample_options(args):
     return seeds
 
 
+def _sampler(args, table) -> Sampler:
+    """The Sampler of `indis sample`: an export folder on its backend (--engines), or the torch backbone with a
+    predictor or a heuristic schedule on the Python solver loop."""
+    if args.engines:  # an export folder on one backend (indis.engines)
+        return engine_sampler(args, table)
+    bb = load_backbone_spec(args.backbone)
+    if args.predictor:
+        return Sampler(bb, args.predictor, solver=args.solver, loop="python", cfg_scale=args.cfg_scale, prompt_table=table)
+    return Sampler(bb, schedule=args.schedule or "polynomial", nfe=args.nfe or 5, solver=args.solver, loop="python",
+                   cfg_scale=args.cfg_scale, prompt_table=table)
+
+
 def run_sample(args) -> int:
     import matplotlib
 
@@ -202,34 +216,25 @@ def run_sample(args) -> int:
     import matplotlib.pyplot as plt
 
     seeds = _check_sample_options(args)
-    if args.engines:  # an export folder on one backend (indis.engines)
-        x, discs, x_T, cond, model = sample_from_engines(args, seeds)
-    else:
-        bb = load_backbone_spec(args.backbone)
-        solver = args.solver or "ipndm"
-        if args.predictor:
-            model, meta = load_predictor(args.predictor, bb.backbone_id)
-            solver = args.solver or meta.get("solver") or "ipndm"
-        else:
-            model = heuristic(bb, args.schedule or "polynomial", args.nfe or 5)
-        net = GuidedBackbone(bb, args.cfg_scale)
-        xs, discs, xts, conds = [], [], [], []
-        from tqdm.auto import tqdm
+    table = load_prompt_table(args.prompt_table).float() if args.prompt_table else None
+    sampler = _sampler(args, table)
+    sampler.check_class_label(args.class_label, "--class")  # before any work
+    if len(sampler.data_shape) != 3:
+        raise ValueError(f"sample writes images; this backbone's samples have shape {sampler.data_shape}")
+    if args.outdir and sampler.data_shape[0] not in (1, 3):
+        raise ValueError(f"--outdir writes one grayscale or RGB PNG per seed; this backbone's samples have "
+                         f"{sampler.data_shape[0]} channels (shape {sampler.data_shape})")
+    outdir = Path(args.outdir) if args.outdir else None
 
-        with torch.no_grad(), tqdm(total=seeds.count, desc="sample", disable=args.no_progress) as bar:
-            for sb in seed_batches(seeds, args.batch_size):  # drawn batch by batch: memory bounded by the outputs
-                xb, cb = draw(sb, bb.data_shape, bb.process.prior_std(), bb.cond_spec)
-                d = model(xb, cb)
-                discs.append(d)
-                xs.append(solve(d, net, xb, cb, solver))
-                xts.append(xb)
-                conds.append(cb)
-                bar.update(len(sb))
-        x = torch.cat(xs).float()
-        x_T = torch.cat(xts)
-        cond = None if conds[0] is None else torch.cat(conds)
-    if x.dim() != 4:
-        raise ValueError(f"sample writes image grids; this backbone's samples have shape {tuple(x.shape[1:])}")
+    def write_pngs(batch) -> None:  # one PNG per seed as it is sampled, named as NVlabs/edm's generate.py names them
+        for seed, img in zip(batch.seeds, batch.result.x0):
+            atomic_write_bytes(outdir / f"{seed:06d}.png", png_bytes(img))
+
+    res = sampler.sample_seeds(seeds, args.batch_size, class_label=args.class_label, progress=not args.no_progress,
+                               on_batch=write_pngs if outdir is not None else None)
+    if args.engines:
+        print(f"sampled {len(res.x0)} seeds from {args.engines} on backend {args.backend} ({sampler.provider})")
+    x, x_T, cond, disc = res.x0.float(), res.x_T, res.cond, res.discretization
     b, c, h, w = x.shape
     cols = args.cols or int(max(1, round(b**0.5)))
     rows = -(-b // cols)
@@ -242,13 +247,13 @@ def run_sample(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     arr = grid.permute(1, 2, 0).numpy()
     plt.imsave(out, arr[..., 0] if c == 1 else arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-    cat = lambda k: torch.cat([getattr(d, k) for d in discs]).double().tolist()
+    cat = lambda k: getattr(disc, k).double().tolist()
     atomic_write_json(out.with_suffix(".timesteps.json"), {"seeds": list(seeds), "timesteps": cat("timesteps"), "dtau": cat("dtau"), "gamma": cat("gamma"),
                                                            "predictor": args.engines or args.predictor,
                                                            "schedule": None if (args.predictor or args.engines) else (args.schedule or "polynomial")})
     if args.plot:
-        plot_timesteps(model, x_T, cond, out.with_suffix(".timesteps.png"))
-    print(f"wrote {out} and {out.with_suffix('.timesteps.json')}")
+        plot_timesteps(sampler.predictor, x_T, cond, out.with_suffix(".timesteps.png"))
+    print(f"wrote {out} and {out.with_suffix('.timesteps.json')}" + (f", {len(x)} PNGs in {outdir}" if outdir else ""))
     return 0
 
 
@@ -323,4 +328,10 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--cols", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="also plot the timesteps across samples (Fig. 7)")
     p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--outdir", default=None, help="also write one PNG per seed here, named SEED.png with six digits "
+                   "(000042.png), as EDM's generate.py")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class label of every sample (class-conditional backbones; default: a random class per seed)")
+    p.add_argument("--prompt-table", default=None,
+                   help="text-conditional backbones: safetensors with 'table' [M, dim] of pooled prompt embeddings (a row per seed)")
     p.set_defaults(func=run_sample)
