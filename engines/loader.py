@@ -31,7 +31,7 @@ from ..sampling.load import load_predictor
 from ..sampling.seeds import draw, seed_batches
 from ..solvers import sample
 from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner, _device
-from .spec import REGISTRY_NAMES, is_registry_name, resolve_backbone
+from ..backbones.spec import REGISTRY_NAMES, is_registry_name, resolve_backbone
 
 Tensor = torch.Tensor
 

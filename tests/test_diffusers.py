@@ -193,7 +193,7 @@ def test_load_save_pretrained_model_folder(diffusers, tmp_path):
     """A save_pretrained UNet folder: data shape from its config, diffusers' default DDPM schedule, same id and
     outputs as the adapter over the model in memory; --backbone diffusers:PATH gives the same backbone."""
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     unet = tiny_unet(diffusers)
     unet.save_pretrained(str(tmp_path / "unet"))
@@ -230,7 +230,7 @@ def test_load_ddpm_pipeline_folder_and_object(diffusers, tmp_path):
     """A pipeline folder (model_index.json, unet/, scheduler/): the scheduler config gives the discrete schedule and
     the prediction type; the pipeline object gives the same backbone."""
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                     prediction_type="v_prediction")
@@ -301,7 +301,7 @@ def test_dynamic_shifting_follows_the_pipeline(diffusers):
 
 def test_loading_errors(diffusers, tmp_path):
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     with pytest.raises(FileNotFoundError, match="never downloads"):
         DiffusersAdapter.from_pretrained("stabilityai/stable-diffusion-3-medium-diffusers")

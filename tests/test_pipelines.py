@@ -528,7 +528,7 @@ def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, 
     from pathlib import Path
 
     from indis.cli import main
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
     from indis.io import save_tensors
     from indis.pipelines import IndisPipeline
     from indis.sampling.load import load_predictor

@@ -23,6 +23,7 @@ import torch
 
 from ..data.digits import load_digits_split
 from ..metrics.fid import EXTRACTOR_NAME, digits_fid
+from ..options import setting
 from ..schedules import get_schedule
 from ..solvers import sample
 from .convert import atomic_save_json, atomic_torch_save, load_backbone, save_backbone
@@ -59,24 +60,24 @@ def load_bundled(compute_dtype: Optional[str] = None, assets_dir: Optional[str] 
 
 @dataclass
 class TrainConfig:
-    resolution: int = 16
-    model_channels: int = 32
+    resolution: int = setting(16, "image resolution of the digits", choices=(8, 16, 32))
+    model_channels: int = setting(32, "model_channels of the SongUNet")
     channel_mult: List[int] = field(default_factory=lambda: [1, 2, 2])
     num_blocks: int = 2
     attn_resolutions: List[int] = field(default_factory=lambda: [8])
     dropout: float = 0.10
     sigma_data: float = 0.5
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = setting(1500, "optimizer steps")
+    batch_size: int = setting(64, "batch size")
+    lr: float = setting(2e-3, "peak learning rate")
     warmup_steps: int = 100
     ema_halflife_steps: float = 150.0
     p_mean: float = -1.2
     p_std: float = 1.2
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = setting(0, "initialisation and data order")
     ckpt_every: int = 250
-    threads: int = 1
+    threads: int = setting(1, "torch CPU threads")
 
     def net_kwargs(self) -> Dict:
         return dict(img_resolution=self.resolution, img_channels=1, label_dim=0, sigma_data=self.sigma_data,

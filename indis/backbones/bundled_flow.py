@@ -42,6 +42,7 @@ import torch
 
 from ..data.digits import load_digits_split
 from ..metrics.fid import EXTRACTOR_NAME, digits_fid, load_digits_features
+from ..options import setting
 from ..processes import FlowOTProcess
 from ..sampling.guidance import GuidedBackbone
 from ..solvers import sample
@@ -73,13 +74,13 @@ def bundled_flow_paths(assets_dir: Optional[str] = None) -> Dict[str, str]:
 @dataclass
 class FlowTrainConfig:
     resolution: int = 16
-    seed: int = 0
-    threads: int = 1
+    seed: int = setting(0, "initialisation and data order")
+    threads: int = setting(1, "torch CPU threads")
     ckpt_every: int = 200
     # VAE
     vae_channels: List[int] = field(default_factory=lambda: [32, 64])
     latent_channels: int = 4
-    vae_steps: int = 1000
+    vae_steps: int = setting(1000, "VAE optimizer steps")
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
@@ -88,8 +89,8 @@ class FlowTrainConfig:
     dit_heads: int = 4
     dit_head_dim: int = 32
     patch_size: int = 2
-    steps: int = 3000
-    batch_size: int = 64
+    steps: int = setting(3000, "flow DiT optimizer steps")
+    batch_size: int = setting(64, "batch size of the flow DiT")
     lr: float = 5e-4
     warmup_steps: int = 100
     ema_halflife_steps: float = 250.0

@@ -186,9 +186,14 @@ def pseudo_huber(x: Tensor, y: Tensor, c: Optional[float] = None) -> Tensor:
 LOSSES = ("mse", "l1", "pseudo_huber", "lpips")
 
 
+def distance_name(name: str) -> str:
+    """The registry spelling of a distance's name (pseudo-huber -> pseudo_huber)."""
+    return name.replace("-", "_")
+
+
 def get_distance(name: str, lpips_net: str = "vgg", lpips_weights=None, device=None) -> Callable[[Tensor, Tensor], Tensor]:
     """A per-sample distance by name. lpips_weights: path of the trunk file (or its folder); default torch hub cache."""
-    name = name.replace("-", "_")
+    name = distance_name(name)
     if name == "mse":
         return mse
     if name == "l1":
