@@ -17,7 +17,7 @@ from indis.predictor import Predictor
 from indis.solvers import sample
 from indis.backbones.demo import ImageGMM
 from indis.sampling.seeds import draw
-from conftest import small_edm
+from helpers import small_edm
 
 SEEDS = list(range(7))
 QUIET = dict(log=lambda *a: None)
