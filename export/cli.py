@@ -82,7 +82,7 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--solver", default=None, choices=tuple(SOLVERS),
                    help="solver recorded for sampling (default: the predictor's, else ipndm)")
     p.add_argument("--order", type=int, default=None, help="solver order recorded for sampling (default: the predictor's, else the solver's)")
-    p.add_argument("--out", required=True, help="export folder, e.g. engines/NAME")
+    p.add_argument("--out", required=True, help="export folder, e.g. runs/engines/NAME")
     p.add_argument("--batch", type=_profile, default="1,8,64", help="batch profile MIN,OPT,MAX (TensorRT optimisation profile)")
     p.add_argument("--tensorrt", action=Switch, default=False, help="also build TensorRT engines (needs pip install indis[tensorrt] and an NVIDIA GPU)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="TensorRT engine precision")
