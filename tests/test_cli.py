@@ -23,6 +23,7 @@ from indis.schedules import SCHEDULE_NAMES
 from indis.solvers import SOLVERS
 from indis.training import cli as tcli
 from indis.training.teacher import TeacherConfig
+from indis.toy.study import BACKBONES as TOY_BACKBONES
 from indis.training.train import METHODS, TrainConfig
 
 PARSER = build_parser()
@@ -33,7 +34,7 @@ REGISTRY = {
     "solver": tuple(SOLVERS), "schedule": SCHEDULE_NAMES, "heuristics": SCHEDULE_NAMES, "method": METHODS,
     "loss": LOSSES, "warp": WARPS, "state_dtype": tuple(DTYPES), "backbone_dtype": tuple(DTYPES),
     "lpips_net": tuple(TRUNK_FILES), "backend": BACKENDS, "precision": PRECISIONS,
-    "init_schedule": SCHEDULE_NAMES + ("sdm",), "peer_afs": tuple(AFS_SETTINGS),
+    "init_schedule": SCHEDULE_NAMES + ("sdm",), "peer_afs": tuple(AFS_SETTINGS), "features": tcli.FEATURES,
 }
 
 
@@ -75,9 +76,10 @@ def test_flags_switch_both_ways(name):
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_choices_are_the_registries(name):
     for a in _options(name):
-        if a.dest in REGISTRY and not (name == "toy" and a.dest == "backbone"):
+        want = TOY_BACKBONES if (name, a.dest) == ("toy", "backbone") else REGISTRY.get(a.dest)
+        if want is not None:
             assert a.choices is not None, f"indis {name} {a.option_strings[0]} lists no choices"
-            assert tuple(a.choices) == tuple(REGISTRY[a.dest]), (name, a.dest, a.choices)
+            assert tuple(a.choices) == tuple(want), (name, a.dest, a.choices)
 
 
 def test_every_backbone_option_lists_every_form_the_resolver_takes():

@@ -9,7 +9,7 @@ import sys
 import time
 
 from ..options import HelpFormatter, Switch
-from .study import Study, StudyConfig, quick_config, summary_table
+from .study import BACKBONES, Study, StudyConfig, quick_config, summary_table
 from .tree import tree_summary
 
 
@@ -26,7 +26,7 @@ def _nfes(s: str):
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (results.json, figures, caches)")
     p.add_argument("--nfe", type=_nfes, default=None, help="comma-separated NFEs (default 3..10; --quick: 3)")
-    p.add_argument("--backbone", choices=("exact", "learned"), default="exact",
+    p.add_argument("--backbone", choices=BACKBONES, default="exact",
                    help="the tree's exact denoiser, or an MLP trained on it")
     p.add_argument("--conditional", action=Switch, default=False, help="class-conditional variant (exact backbone; phi gets the label)")
     p.add_argument("--quick", action=Switch, default=False, help="small sizes and iteration counts (under a minute)")

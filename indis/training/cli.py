@@ -116,6 +116,9 @@ def run_train(args) -> int:
     return 0
 
 
+FEATURES = ("none", "digits", "inception")  # feature extractors of `indis eval --features`
+
+
 def _features(kind: str, inception_weights: Optional[str] = None):
     if kind == "none":
         return None
@@ -123,7 +126,7 @@ def _features(kind: str, inception_weights: Optional[str] = None):
         return fid.digits_features  # documented in indis.metrics.fid ("digits-cnn-v1")
     if kind == "inception":  # pytorch-fid's FID Inception (indis.metrics.inception); images in [-1, 1], 3 or 1 channels
         return inception_feature_fn(inception_weights)
-    raise ValueError(f"unknown feature extractor {kind!r}; expected none | digits | inception")
+    raise ValueError(f"unknown feature extractor {kind!r}; expected one of {FEATURES}")
 
 
 def run_eval(args) -> int:
@@ -284,7 +287,7 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--lpips", action=Switch, default=False, help="also LPIPS (trunk weights from the torch hub cache)")
     p.add_argument("--lpips-weights", default=None, help="LPIPS trunk weight file or folder (implies --lpips)")
     p.add_argument("--lpips-net", default="vgg", choices=tuple(TRUNK_FILES), help="LPIPS trunk")
-    p.add_argument("--features", default="none", choices=["none", "digits", "inception"],
+    p.add_argument("--features", default="none", choices=FEATURES,
                    help="feature extractor of the Frechet distance: digits (the bundled 16x16 digits) or inception "
                         "(FID: pytorch-fid's Inception-v3 pool3, for RGB images; grayscale repeated to 3 channels)")
     p.add_argument("--inception-weights", default=None,
