@@ -15,14 +15,13 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-# annotation (as a string: modules use `from __future__ import annotations`) -> (argparse type, may be None)
-_TYPES: Dict[str, tuple] = {
-    "int": (int, False), "float": (float, False), "str": (str, False), "bool": (bool, False),
-    "Optional[int]": (int, True), "Optional[float]": (float, True), "Optional[str]": (str, True),
-}
+# annotation (a string: the config modules use `from __future__ import annotations`) -> the option's type; an
+# Optional one is None when not given
+_TYPES: Dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool,
+                           "Optional[int]": int, "Optional[float]": float, "Optional[str]": str}
 
 
-def setting(default: Any, help: str, choices: Optional[Iterable[str]] = None,
+def setting(default: Any, help: str, choices: Optional[Iterable] = None,
             parse: Optional[Callable[[str], Any]] = None) -> Any:
     """A dataclass field that is also a command-line option: default, help and (optional) choices, declared once.
     choices: the accepted names (give a registry's keys); parse: converts the typed text (before the choices are
@@ -59,7 +58,7 @@ def add_options(parser, cls, *, unset: bool = False, only: Optional[Sequence[str
         if typ not in _TYPES:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line type for the annotation {typ!r} "
                             f"(supported: {', '.join(_TYPES)})")
-        py, _optional = _TYPES[typ]
+        py = _TYPES[typ]
         help_text = str(f.metadata.get("help", "")).replace("%", "%%")
         if unset and f.default is not None:  # a None default is explained by the help
             help_text = (help_text + " " if help_text else "") + f"(default: {_show(f.default)})".replace("%", "%%")

@@ -19,8 +19,8 @@ from typing import Optional
 
 import torch
 
-from ..engines.cli import add_sample_options, sample_from_engines
 from ..backbones.spec import BACKBONE_HELP, resolve_backbone
+from ..engines.cli import add_sample_options, sample_from_engines
 from ..evaluate import evaluate_methods, plot_timesteps, write_results
 from ..export.manifest import load_manifest
 from ..io import TEACHER, atomic_write_json, check_writable_file, claim_folder, load_metadata, load_prompt_table
