@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from indis.engines.spec import resolve_backbone  # noqa: E402
+from indis.backbones.spec import resolve_backbone  # noqa: E402
 from indis.evaluate import best_heuristics, evaluate_methods, markdown_table  # noqa: E402
 from indis.sampling.load import load_predictor  # noqa: E402
 from indis.training.teacher import load_teacher  # noqa: E402

@@ -10,9 +10,10 @@ import sys
 from typing import List, Optional
 
 from . import __version__, _native
+from .options import HelpFormatter
 
 # modules that contribute subcommands, in help order
-SUBCOMMAND_MODULES: List[str] = ["indis.backbones.cli", "indis.training.cli", "indis.engines.cli", "indis.bench.cli", "indis.toy.cli", "indis.quickstart"]
+SUBCOMMAND_MODULES: List[str] = ["indis.backbones.cli", "indis.training.cli", "indis.export.cli", "indis.bench.cli", "indis.toy.cli", "indis.quickstart"]
 
 
 def _version(args) -> int:
@@ -29,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="indis",
         description="INDIS: few-step diffusion sampling with instance-aware discretizations",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("version", help="print the version and the native build configuration")
+    p = sub.add_parser("version", help="print the version and the native build configuration", formatter_class=HelpFormatter)
     p.set_defaults(func=_version)
     for mod in SUBCOMMAND_MODULES:
         importlib.import_module(mod).add_subparsers(sub)

@@ -71,6 +71,13 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def atomic_savefig(path, fig, **kwargs) -> None:
+    """A matplotlib figure saved atomically, in the format of the path's suffix (kwargs: Figure.savefig's)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -82,13 +89,25 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict] = None) -> None:
-    """safetensors file with the JSON metadata stored in its header under the key 'indis'; written atomically."""
+def save_safetensors(path, tensors: Dict[str, torch.Tensor], header: Optional[Dict[str, str]] = None) -> None:
+    """A safetensors file with a plain header of strings (e.g. a backbone folder's model.safetensors), written
+    atomically. INDIS's own files carry JSON metadata: save_tensors."""
     from safetensors.torch import save
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {META_KEY: json.dumps(metadata or {}, sort_keys=True, default=str)}
     atomic_write_bytes(path, save(clean, metadata=header))
+
+
+def save_tensors(path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict] = None) -> None:
+    """safetensors file with the JSON metadata stored in its header under the key 'indis'; written atomically."""
+    save_safetensors(path, tensors, {META_KEY: json.dumps(metadata or {}, sort_keys=True, default=str)})
+
+
+def atomic_torch_save(path, obj) -> None:
+    """torch.save(obj) to path, written atomically (training states)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_tensors(path, device="cpu") -> Tuple[Dict[str, torch.Tensor], Dict]:

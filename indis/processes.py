@@ -5,8 +5,8 @@ lambda(t) = log(alpha/sigma) and its inverse, and the default sampling interval 
 
 The solvers work in the "VE-equivalent" variables y = x / alpha and s = sigma / alpha = exp(-lambda),
 in which every process's probability-flow ODE reads dy/ds = eps(x, t) (DEIS/iPNDM, DPM-Solver). For the
-EDM/VE process (alpha = 1, sigma = t) these are x and t themselves, so the EDM-form solvers of
-REFERENCE.md section 3 are reproduced exactly; for flow matching OT an Euler step in (y, s) equals an
+EDM/VE process (alpha = 1, sigma = t) these are x and t themselves, so the EDM-form solvers (Euler, Karras et
+al. 2022; iPNDM, Zhang & Chen 2023, DEIS; DPM-Solver++, Lu et al. 2022) are reproduced exactly; for flow matching OT an Euler step in (y, s) equals an
 Euler step on the velocity in (x, t).
 
 Prediction types:

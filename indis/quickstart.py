@@ -14,20 +14,20 @@ Writes OUT/quickstart.json, OUT/quality.md, OUT/bench.{json,md}, OUT/latency_vs_
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from typing import Dict, List
 
 import torch
 
+from .backbones.spec import BACKBONE_HELP, resolve_backbone
 from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
-from .engines.spec import BACKBONE_HELP, resolve_backbone
 from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
 from .export.pipeline import export_folder
 from .io import atomic_write_json, atomic_write_text
 from .metrics.fid import digits_features
 from .native import native_available
+from .options import HelpFormatter, Switch
 from .sampling.guidance import GuidedBackbone
 from .sampling.load import load_predictor
 from .sampling.sampler import Sampler
@@ -38,16 +38,16 @@ from .training.train import TrainConfig, train
 
 def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="teacher, INDIS + GOD training, ONNX export, fast sampling, report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="output folder")
-    p.add_argument("--backbone", default="bundled", help=BACKBONE_HELP + " (default: the bundled digits network)")
+    p.add_argument("--backbone", default="bundled", help=BACKBONE_HELP)
     p.add_argument("--nfe", type=int, default=5, help="NFE of the trained INDIS and GOD")
     p.add_argument("--n-train", type=int, default=400, help="training teacher samples")
     p.add_argument("--n-eval", type=int, default=200, help="held-out teacher samples")
     p.add_argument("--steps", type=int, default=150, help="training steps per method")
     p.add_argument("--latency-batch", type=int, default=8, help="batch size of the latency table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
     p.set_defaults(func=run_quickstart)
 
 

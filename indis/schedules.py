@@ -92,6 +92,7 @@ HEURISTICS: Dict[str, Callable] = {
     "quadratic": lambda p, n, t0, T, **kw: time_quadratic(n, t0, T),
     "flow_shift": lambda p, n, t0, T, **kw: shifted_uniform(n, t0, T, **kw),
 }
+SCHEDULE_NAMES = tuple(HEURISTICS)  # every name get_schedule accepts
 
 
 # names the ecosystem uses for the same schedules: name -> (schedule, its fixed keyword arguments).

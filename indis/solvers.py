@@ -132,8 +132,9 @@ class DPMSolverPP2M(Solver):
 
 
 class UniPCSolver(Solver):
-    """UniPC with B(h) = expm1(-h) ('bh2'), data prediction. step_coefficients gives the predictor;
-    corrector_coefficients the corrector, whose history has the new model output first."""
+    """UniPC with B(h) = expm1(-h) ('bh2', equal to h phi_1(h), so one local holds both), data prediction.
+    step_coefficients gives the predictor; corrector_coefficients the corrector, whose history has the new model
+    output first."""
 
     name, basis, max_order, default_order = "unipc", "x0", 3, 2
 
@@ -150,8 +151,7 @@ class UniPCSolver(Solver):
         lam0, lam1 = grid.lam[:, i], grid.lam[:, i + 1]
         h = lam1 - lam0
         hh = -h
-        h_phi_1 = torch.expm1(hh)
-        B_h = torch.expm1(hh)
+        h_phi_1 = torch.expm1(hh)  # also B(h) of the 'bh2' variant
         rks = [(grid.lam[:, i - m] - lam0) / h for m in range(1, k)] + [torch.ones_like(h)]
         rks = torch.stack(rks, dim=1)  # [B, k]
         R = torch.stack([rks ** j for j in range(k)], dim=1)  # [B, k(rows: power), k(cols: point)]
@@ -159,16 +159,16 @@ class UniPCSolver(Solver):
         h_phi_k = h_phi_1 / hh - 1
         fact = 1
         for j in range(1, k + 1):
-            b.append(h_phi_k * fact / B_h)
+            b.append(h_phi_k * fact / h_phi_1)
             fact *= j + 1
             h_phi_k = h_phi_k / hh - 1 / fact
         b = torch.stack(b, dim=1)  # [B, k]
         u = grid.sigma[:, i + 1] / grid.sigma[:, i]
-        return u, h_phi_1, B_h, rks, R, b
+        return u, h_phi_1, rks, R, b
 
     def step_coefficients(self, grid, i, order=None):
         k = self.step_order(i, grid.nfe, self.check_order(order))
-        u, h_phi_1, B_h, rks, R, b = self._setup(grid, i, k)
+        u, h_phi_1, rks, R, b = self._setup(grid, i, k)
         a1 = grid.alpha[:, i + 1]
         w0 = -a1 * h_phi_1
         if k == 1:
@@ -179,23 +179,23 @@ class UniPCSolver(Solver):
             rhos = torch.linalg.solve(R[:, :-1, :-1], b[:, :-1])  # [B, k-1]
         # pred_res = sum_m rhos_m (h_{i-m} - h_i) / r_m
         coef = rhos / rks[:, :-1]  # [B, k-1]
-        w_hist = -a1.unsqueeze(1) * B_h.unsqueeze(1) * coef
-        w0 = w0 + a1 * B_h * coef.sum(dim=1)
+        w_hist = -a1.unsqueeze(1) * h_phi_1.unsqueeze(1) * coef
+        w0 = w0 + a1 * h_phi_1 * coef.sum(dim=1)
         return u, torch.cat([w0.unsqueeze(1), w_hist], dim=1)
 
     def corrector_coefficients(self, grid: Grid, i: int, order: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """(u, w) of UniC for step i: x_c = u x_i + w[:,0] h_{i+1} + w[:,1] h_i + sum_{m>=1} w[:,m+1] h_{i-m}."""
         k = self.step_order(i, grid.nfe, self.check_order(order))
-        u, h_phi_1, B_h, rks, R, b = self._setup(grid, i, k)
+        u, h_phi_1, rks, R, b = self._setup(grid, i, k)
         a1 = grid.alpha[:, i + 1]
         if k == 1:
             rhos = torch.full_like(b[:, :1], 0.5)
         else:
             rhos = torch.linalg.solve(R, b)  # [B, k]
-        w_new = -a1 * B_h * rhos[:, -1]
+        w_new = -a1 * h_phi_1 * rhos[:, -1]
         coef = rhos[:, :-1] / rks[:, :-1]  # [B, k-1]
-        w_hist = -a1.unsqueeze(1) * B_h.unsqueeze(1) * coef
-        w_cur = -a1 * h_phi_1 + a1 * B_h * (coef.sum(dim=1) + rhos[:, -1])
+        w_hist = -a1.unsqueeze(1) * h_phi_1.unsqueeze(1) * coef
+        w_cur = -a1 * h_phi_1 + a1 * h_phi_1 * (coef.sum(dim=1) + rhos[:, -1])
         return u, torch.cat([w_new.unsqueeze(1), w_cur.unsqueeze(1), w_hist], dim=1)
 
 

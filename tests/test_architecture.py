@@ -16,6 +16,9 @@ an import of ``a.b`` too. Checked:
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,20 @@ def test_graph_is_read():
     assert "indis.processes" in top
     top, _ = GRAPH["indis.export.manifest"]
     assert any(_within(t, "indis") for t in top)
+
+
+def test_every_module_imports_under_its_installed_name():
+    """The checkout imports the way it installs: every module of indis, indis.export and indis.engines, from the
+    folder setup.py's package_dir maps it to (optional dependencies stay lazy, so none is needed here)."""
+    for name, (path, _) in MODULES.items():
+        mod = importlib.import_module(name)
+        assert Path(mod.__file__).resolve() == path.resolve(), f"{name} imported from {mod.__file__}, not {path}"
+
+
+@pytest.mark.parametrize("folder", ["export", "engines"])
+def test_top_level_folder_is_refused_under_its_folder_name(folder):
+    """`import export.manifest` from the checkout would break on the package's relative imports; it says instead
+    which name to import."""
+    r = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"import indis.{folder}, not {folder}" in r.stderr, r.stderr[-500:]

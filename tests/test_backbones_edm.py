@@ -48,6 +48,7 @@ def test_preset_parameter_counts_equal_published(name):
     assert bb.cond_spec.kind == ("class" if name in ("cifar10_cond", "imagenet64") else "none")
 
 
+@pytest.mark.slow  # counts: test_preset_parameter_counts_equal_published; forward: test_protocol_and_shapes
 def test_preset_random_init_and_forward():
     bb = EDMBackbone.from_preset("cifar10_uncond", seed=0).eval()
     assert count_parameters(bb.net) == 55_733_891

@@ -131,6 +131,7 @@ def test_digits_feature_extractor_separates():
 # ------------------------------------------------------------------------------------------------
 # flow matching
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a flow MLP is also trained and checked by test_toy::test_learned_backbone_is_a_flow_velocity_backbone
 def test_flow_mlp_backbone_trains_and_samples():
     from indis.backbones.flow import FlowMLPBackbone, flow_matching_loss
 

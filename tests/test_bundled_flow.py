@@ -81,7 +81,7 @@ def test_guided_grid_is_finite_and_decodes(bb):
 
 
 def test_guided_teacher_and_backbone_spec(bb, tmp_path):
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     assert resolve_backbone("bundled-flow").backbone_id == bb.backbone_id
     cfg = TeacherConfig(count=4, shard_size=4, solver="euler", steps=4, schedule="uniform", cfg_scale=2.0,

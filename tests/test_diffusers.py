@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from helpers import LTX_SCHED, SD_SCHED, tiny_flux, tiny_ltx, tiny_sd3, tiny_unet, tiny_unet_cond, tiny_vae
+
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 
@@ -19,13 +21,6 @@ def test_diffusers_models_import_without_indis():
             "FluxTransformer2DModel; assert 'indis' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-
-
-def tiny_unet(diffusers, channels=2, res=8, seed=0, **kw):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=res, in_channels=channels, out_channels=channels, layers_per_block=1,
-                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, **kw).eval()
 
 
 # the beta schedules of DDPM (linear), Stable Diffusion 1.x/2.x (scaled_linear), improved DDPM (cosine), and
@@ -174,26 +169,11 @@ def test_discrete_timestep_map_exports_to_onnx(diffusers):
 # ------------------------------------------------------------------------------------------------
 # loading: from_pretrained (pipeline object, pipeline folder, save_pretrained folder) and --backbone diffusers:PATH
 # ------------------------------------------------------------------------------------------------
-def tiny_vae(diffusers, latent_channels=4, seed=3, **kw):
-    torch.manual_seed(seed)
-    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                   latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **kw).eval()
-
-
-def tiny_sd3(diffusers, seed=0, qk_norm=None):
-    torch.manual_seed(seed)
-    return diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
-                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
-                                           caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
-                                           pos_embed_max_size=8, qk_norm=qk_norm).eval()
-
-
 def test_load_save_pretrained_model_folder(diffusers, tmp_path):
     """A save_pretrained UNet folder: data shape from its config, diffusers' default DDPM schedule, same id and
     outputs as the adapter over the model in memory; --backbone diffusers:PATH gives the same backbone."""
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     unet = tiny_unet(diffusers)
     unet.save_pretrained(str(tmp_path / "unet"))
@@ -230,7 +210,7 @@ def test_load_ddpm_pipeline_folder_and_object(diffusers, tmp_path):
     """A pipeline folder (model_index.json, unet/, scheduler/): the scheduler config gives the discrete schedule and
     the prediction type; the pipeline object gives the same backbone."""
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                     prediction_type="v_prediction")
@@ -301,7 +281,7 @@ def test_dynamic_shifting_follows_the_pipeline(diffusers):
 
 def test_loading_errors(diffusers, tmp_path):
     from indis.backbones.diffusers import DiffusersAdapter
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     with pytest.raises(FileNotFoundError, match="never downloads"):
         DiffusersAdapter.from_pretrained("stabilityai/stable-diffusion-3-medium-diffusers")
@@ -321,27 +301,6 @@ def test_loading_errors(diffusers, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # families: the adapter's forward against a direct diffusers call, each with a tiny random configuration
 # ------------------------------------------------------------------------------------------------
-def tiny_unet_cond(diffusers, sdxl=False, seed=0):
-    torch.manual_seed(seed)
-    kw = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 + 6 * 8) \
-        if sdxl else {}
-    return diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                          norm_num_groups=4, attention_head_dim=2, **kw).eval()
-
-
-def tiny_flux(diffusers, guidance_embeds=True, seed=0):
-    torch.manual_seed(seed)
-    return diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
-                                            pooled_projection_dim=8, guidance_embeds=guidance_embeds,
-                                            axes_dims_rope=(2, 2, 4)).eval()
-
-
-SD_SCHED = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
 @pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
 def test_sd_unet2dcondition(diffusers, ptype):
     """SD 1.x (epsilon) / 2.x-v (v_prediction): the UNet gets encoder_hidden_states at diffusers' timesteps."""
@@ -706,18 +665,6 @@ def test_export_sigmas_of_a_text_model_with_a_prompt_table(diffusers, tmp_path, 
 # ------------------------------------------------------------------------------------------------
 # video: LTX-Video's transformer on 5-D latents [B, C, F, H, W]
 # ------------------------------------------------------------------------------------------------
-def tiny_ltx(diffusers, seed=0):
-    torch.manual_seed(seed)
-    return diffusers.LTXVideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
-                                                num_attention_heads=2,
-                                                attention_head_dim=8, cross_attention_dim=16, num_layers=1,
-                                                caption_channels=16).eval()
-
-
-LTX_SCHED = dict(use_dynamic_shifting=True, base_image_seq_len=1024, max_image_seq_len=4096, base_shift=0.95,
-                 max_shift=2.05)  # LTX-Video's scheduler_config
-
-
 def test_ltx_video_transformer_equals_a_direct_diffusers_call(diffusers):
     """LTXVideoTransformer3DModel: the adapter packs [B, C, F, H, W] latents to tokens, calls the transformer at
     timestep 1000 sigma with LTXPipeline's rope interpolation scale and an all-ones text mask, and unpacks, exactly

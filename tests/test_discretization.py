@@ -3,7 +3,7 @@ import torch
 
 from indis.discretization import WARPS, DiscretizationParam
 from indis.schedules import get_schedule
-from conftest import ALL_PROCESSES
+from helpers import ALL_PROCESSES
 
 
 @pytest.mark.parametrize("name", ALL_PROCESSES)

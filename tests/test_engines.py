@@ -18,7 +18,7 @@ from indis.solvers import sample
 from indis.backbones.demo import ImageGMM
 from indis.sampling.sampler import Sampler
 from indis.sampling.seeds import draw
-from conftest import small_edm
+from helpers import small_edm
 
 SEEDS = list(range(7))
 QUIET = dict(log=lambda *a: None)

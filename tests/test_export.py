@@ -17,7 +17,7 @@ from indis.export.onnx_export import (BackboneForExport, PredictorForExport, bac
 from indis.export.trt_ops import TRT_SUPPORTED_OPS, check_trt_graph
 from indis.predictor import GlobalDiscretization, Predictor
 from indis.backbones.demo import ImageGMM
-from conftest import small_edm
+from helpers import small_edm
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch, absolute, on random inputs
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from indis.backbones import CondSpec, GMMBackbone, gaussian_backbone
-from conftest import ALL_PROCESSES
+from helpers import ALL_PROCESSES
 
 
 def tiny_gmm(process, prediction_type="eps", conditional=False):

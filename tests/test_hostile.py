@@ -55,7 +55,7 @@ def assert_one_line_error(rc, err, *words):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bb():
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
 
     return resolve_backbone("gmm-image")
 
@@ -122,7 +122,7 @@ def test_1_manifest_backbone_spec_never_runs_code(export_copy, tmp_path, monkeyp
         "from pathlib import Path\n"
         "def make():\n"
         f"    Path({str(flag)!r}).write_text('ran')\n"
-        "    from indis.engines.spec import resolve_backbone\n"
+        "    from indis.backbones.spec import resolve_backbone\n"
         "    return resolve_backbone('gmm-image')\n")
     monkeypatch.syspath_prepend(str(pkg))
     _edit_manifest(export_copy, lambda m: m["backbone"].__setitem__("spec", "evil_backbone:make"))
@@ -604,7 +604,7 @@ def test_11_files_get_the_umask_mode(tmp_path):
 def test_1_registry_names(monkeypatch):
     """What a manifest may name: the backbones that ship with indis, nothing with a path or an import."""
     from indis.backbones.edm import EDMBackbone
-    from indis.engines.spec import is_registry_name, resolve_backbone
+    from indis.backbones.spec import is_registry_name, resolve_backbone
 
     for ok in ("bundled", "bundled-flow", "ideal", "gmm-image", "edm:cifar10_uncond", "edm:ffhq64:7"):
         assert is_registry_name(ok), ok

@@ -31,6 +31,16 @@ def _scaled_state_dict(seed=0):
     return sd
 
 
+def _golden_input():
+    """Two images [2, 3, 37, 53] in [0, 1] (not 299x299: the bilinear resize is part of what is pinned)."""
+    return torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+def _golden_projection():
+    """A fixed random projection [2048, 3] of the features (pins every feature, not only the first few)."""
+    return torch.randn(2048, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     d = tmp_path_factory.mktemp("fidw")
@@ -90,6 +100,37 @@ def test_load_by_path_features_and_determinism(weights):
                                       "--features", "inception", "--inception-weights", str(path)])
     h = _features(args.features, args.inception_weights)(2 * x[:1] - 1)
     assert h.dtype == torch.float64 and torch.allclose(h[0], g[0], rtol=1e-4, atol=1e-5)
+
+
+# pytorch-fid's own InceptionV3 (pytorch-fid b9c1811, src/pytorch_fid/inception.py, run unmodified) on the same
+# weights (_scaled_state_dict(seed=0), loaded with load_state_dict(strict=True)) and input (_golden_input()), in
+# float64 on the CPU, printed once: features [2, 2048] -> the first 8 of each, the projection on
+# _golden_projection() and the norms. pytorch-fid builds on torchvision's Inception3 blocks, which cannot be
+# installed beside this torch; they were transcribed unchanged from torchvision 02a0a90
+# (torchvision/models/inception.py: BasicConv2d, InceptionA-E, Inception3) into a stub package outside the
+# repository, with only torchvision's download and usage-logging imports removed.
+GOLDEN_FIRST8 = [[0.0, 0.013310148101559971, 0.03548722808257137, 8.622577287876924, 1.4259519983052575,
+                  3.9501231737668907, 8.598770908620505, 1.2888220948884799],
+                 [0.0015172108787052587, 0.03206333886576635, 0.031550730711405905, 8.794766446338317,
+                  1.4379598348133764, 3.983125288324829, 8.546666345869284, 1.4934047204025893]]
+GOLDEN_PROJECTION = [[41.146245690319944, 253.65787998138805, -250.2908336851608],
+                     [45.15090160231295, 256.9672811615746, -255.94296642999365]]
+GOLDEN_NORM = [176.07774940167155, 178.68698502500226]
+
+
+def test_features_equal_pytorch_fids_inception(weights):
+    """The pool3 features of a fixed input with fixed random weights are pytorch-fid's (pinned above). Any change
+    of a padding, a pooling (count_include_pad, Mixed_7c's max pool), a stride, the resize or the input scaling
+    moves these numbers far beyond the tolerance (float64: agreement to ~1e-12 relative)."""
+    path, _ = weights
+    net = load_fid_inception(path, cache=False).double()
+    with torch.no_grad():
+        f = net(_golden_input())
+    assert f.dtype == torch.float64 and f.shape == (2, 2048)
+    golden = torch.tensor(GOLDEN_FIRST8, dtype=torch.float64)
+    assert torch.allclose(f[:, :8], golden, rtol=1e-7, atol=1e-9), (f[:, :8] - golden).abs().max()
+    assert torch.allclose(f @ _golden_projection(), torch.tensor(GOLDEN_PROJECTION, dtype=torch.float64), rtol=1e-7)
+    assert torch.allclose(f.norm(dim=1), torch.tensor(GOLDEN_NORM, dtype=torch.float64), rtol=1e-7)
 
 
 def test_grayscale_and_input_range(weights):

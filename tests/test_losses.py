@@ -4,8 +4,9 @@ import types
 import pytest
 import torch
 
+from helpers import trunk_file
 from indis.metrics import distances as losses
-from indis.metrics.distances import LPIPS, TRUNK_FILES, _build_features, get_distance
+from indis.metrics.distances import LPIPS, _build_features, get_distance
 
 
 def test_simple_distances():
@@ -21,14 +22,7 @@ def test_simple_distances():
         get_distance("ssim")
 
 
-def _trunk_file(folder, net, seed=0):
-    torch.manual_seed(seed)
-    feats = _build_features(net)
-    sd = {f"features.{k}": v for k, v in feats.state_dict().items()}
-    sd["classifier.1.weight"] = torch.zeros(2, 2)  # torchvision files also hold the classifier
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, folder / TRUNK_FILES[net])
-    return folder / TRUNK_FILES[net]
+
 
 
 def test_missing_trunk_names_file_and_folder(tmp_path, monkeypatch):
@@ -43,7 +37,7 @@ def test_missing_trunk_names_file_and_folder(tmp_path, monkeypatch):
 
 def test_trunk_from_hub_cache_and_gradients(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    _trunk_file(tmp_path / "th" / "hub" / "checkpoints", "alex")
+    trunk_file(tmp_path / "th" / "hub" / "checkpoints", "alex")
     lp = LPIPS("alex")
     x = torch.rand(2, 1, 8, 8) * 2 - 1  # grayscale, small: repeated and upsampled
     y = x.clone().requires_grad_(True)
@@ -58,7 +52,7 @@ def test_trunk_from_hub_cache_and_gradients(tmp_path, monkeypatch):
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_matches_the_lpips_package(tmp_path, monkeypatch, net):
     """Our torchvision-free LPIPS equals lpips.LPIPS given the same trunk (torchvision replaced by a stub)."""
-    path = _trunk_file(tmp_path, net)
+    path = trunk_file(tmp_path, net)
     sd = torch.load(path, weights_only=True)
 
     def make(pretrained=True, **kw):

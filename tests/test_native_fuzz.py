@@ -17,7 +17,7 @@ from indis import _native
 from indis.processes import get_process
 from indis.solvers import sample as py_sample
 from indis.solvers import step_tables
-from conftest import random_schedule
+from helpers import random_schedule
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -61,6 +61,7 @@ def _check_close(out, terms, dtype):
     assert err <= REL_TOL[dtype], err
 
 
+@pytest.mark.slow  # breadth beyond test_native_update (same kernels against the same reference)
 @FUZZ
 @given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from(DTYPES), coef64=st.booleans(), b=st.integers(1, 5),
        inner=st.lists(st.integers(1, 9), min_size=0, max_size=3), m=st.integers(1, 4), in_place=st.booleans(),
@@ -184,6 +185,7 @@ class _Toy(torch.nn.Module):
         return out
 
 
+@pytest.mark.slow  # breadth beyond test_native_loop (same loop against the Python solvers)
 @FUZZ
 @given(seed=st.integers(0, 2**31 - 1), proc=st.sampled_from(list(PROCS)), ptype=st.sampled_from(["eps", "x0", "velocity"]),
        solver_order=st.sampled_from([("euler", 1), ("ipndm", 1), ("ipndm", 2), ("ipndm", 3), ("ipndm", 4), ("dpmpp_2m", 1),

@@ -9,7 +9,7 @@ from indis.discretization import Discretization
 from indis.processes import get_process
 from indis.solvers import sample as py_sample
 from indis.solvers import step_tables
-from conftest import random_schedule
+from helpers import random_schedule
 
 pytestmark = pytest.mark.skipif(not _native.native_available(), reason="indis._C not built")
 

@@ -8,7 +8,7 @@ import torch
 from indis import _native
 from indis.processes import get_process
 from indis.solvers import linear_form, step_tables
-from conftest import random_schedule
+from helpers import random_schedule
 
 C = pytest.importorskip("indis._C") if _native.native_available() else None
 pytestmark = pytest.mark.skipif(C is None, reason="indis._C not built")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from test_diffusers import SD_SCHED, tiny_sd3, tiny_unet, tiny_unet_cond, tiny_vae
+from helpers import SD_SCHED, tiny_flux, tiny_sd3, tiny_unet, tiny_unet_cond, tiny_vae
 
 pytest.importorskip("diffusers")
 
@@ -395,7 +395,6 @@ def test_predictor_takes_pooled_text(diffusers, tmp_path):
 def family_pipe(diffusers, family):
     """A tiny random pipeline of the family, saved without text encoders (conditions come from a prompt table)."""
     pytest.importorskip("transformers")
-    from test_diffusers import tiny_flux
 
     none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     if family == "ddpm":  # class-conditional UNet2DModel, pixel space, epsilon, DDPM's linear betas
@@ -511,7 +510,7 @@ LTX_FACTORY = """import diffusers
 import torch
 
 from indis.backbones.diffusers import DiffusersAdapter
-from test_diffusers import LTX_SCHED, tiny_ltx
+from helpers import LTX_SCHED, tiny_ltx
 
 
 def backbone():
@@ -528,7 +527,7 @@ def test_video_chain_teacher_train_pipeline_sample(diffusers, tmp_path, capsys, 
     from pathlib import Path
 
     from indis.cli import main
-    from indis.engines.spec import resolve_backbone
+    from indis.backbones.spec import resolve_backbone
     from indis.io import save_tensors
     from indis.pipelines import IndisPipeline
     from indis.sampling.load import load_predictor

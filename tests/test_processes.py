@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from indis.processes import get_process
-from conftest import ALL_PROCESSES
+from helpers import ALL_PROCESSES
 
 
 def _times(p):

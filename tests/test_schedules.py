@@ -3,7 +3,7 @@ import torch
 
 from indis.processes import get_process
 from indis.schedules import HEURISTICS, flow_shift, get_schedule
-from conftest import ALL_PROCESSES
+from helpers import ALL_PROCESSES
 
 
 @pytest.mark.parametrize("name", ALL_PROCESSES)

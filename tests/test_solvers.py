@@ -7,7 +7,7 @@ import indis
 from indis.backbones import GMMBackbone, exact_gaussian_flow, gaussian_backbone
 from indis.discretization import DiscretizationParam
 from indis.solvers import get_solver, linear_form, make_grid, sample
-from conftest import ALL_PROCESSES, ALL_SOLVERS
+from helpers import ALL_PROCESSES, ALL_SOLVERS
 
 
 def random_gmm(process, gen, k=3, d=2, prediction_type="x0"):

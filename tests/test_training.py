@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from helpers import trunk_file
 from indis.io import load_tensors
 from indis.predictor import GlobalDiscretization, Predictor
 from indis.sampling.load import load_predictor
@@ -120,10 +121,9 @@ def test_checkpointing_precision_guidance_and_lpips(tmp_path, setup, monkeypatch
     meta = train(bb, ds, _cfg(steps=2, val_every=100, backbone_dtype="bfloat16"), tmp_path / "c", progress=False)
     assert meta["train_config"]["backbone_dtype"] == "bfloat16"
     # LPIPS distance from a trunk file in the hub cache
-    from test_losses import _trunk_file
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    _trunk_file(tmp_path / "th" / "hub" / "checkpoints", "alex")
+    trunk_file(tmp_path / "th" / "hub" / "checkpoints", "alex")
     meta = train(bb, ds, _cfg(steps=2, val_every=100, loss="lpips", lpips_net="alex", batch_size=4, eval_batch_size=32), tmp_path / "d", progress=False)
     assert meta["metrics"]["best_val"] >= 0
 

@@ -22,10 +22,12 @@ from typing import Dict, List, Optional
 import torch
 
 from ..data.digits import load_digits_split
+from ..io import atomic_savefig, atomic_torch_save, atomic_write_json
 from ..metrics.fid import EXTRACTOR_NAME, digits_fid
+from ..options import setting
 from ..schedules import get_schedule
 from ..solvers import sample
-from .convert import atomic_save_json, atomic_torch_save, load_backbone, save_backbone
+from .convert import load_backbone, save_backbone
 from .edm import EDMBackbone
 from .edm_nets import EDMPrecond
 
@@ -59,24 +61,24 @@ def load_bundled(compute_dtype: Optional[str] = None, assets_dir: Optional[str] 
 
 @dataclass
 class TrainConfig:
-    resolution: int = 16
-    model_channels: int = 32
+    resolution: int = setting(16, "image resolution of the digits", choices=(8, 16, 32))
+    model_channels: int = setting(32, "model_channels of the SongUNet")
     channel_mult: List[int] = field(default_factory=lambda: [1, 2, 2])
     num_blocks: int = 2
     attn_resolutions: List[int] = field(default_factory=lambda: [8])
     dropout: float = 0.10
     sigma_data: float = 0.5
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = setting(1500, "optimizer steps")
+    batch_size: int = setting(64, "batch size")
+    lr: float = setting(2e-3, "peak learning rate")
     warmup_steps: int = 100
     ema_halflife_steps: float = 150.0
     p_mean: float = -1.2
     p_std: float = 1.2
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = setting(0, "initialisation and data order")
     ckpt_every: int = 250
-    threads: int = 1
+    threads: int = setting(1, "torch CPU threads")
 
     def net_kwargs(self) -> Dict:
         return dict(img_resolution=self.resolution, img_channels=1, label_dim=0, sigma_data=self.sigma_data,
@@ -115,10 +117,8 @@ def plot_loss(history: List[List[float]], path: str, title: str = "bundled digit
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    atomic_savefig(path, fig)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 
@@ -172,9 +172,9 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
         step, history, elapsed = int(st["step"]), [list(h) for h in st["history"]], float(st["elapsed"])
 
     def save_state():
-        atomic_torch_save({"config": asdict(cfg), "net": net.state_dict(), "ema": ema.state_dict(),
-                           "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                           "step": step, "history": history, "elapsed": elapsed}, state_path)
+        atomic_torch_save(state_path, {"config": asdict(cfg), "net": net.state_dict(), "ema": ema.state_dict(),
+                                       "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                       "step": step, "history": history, "elapsed": elapsed})
 
     bar = None
     if progress:
@@ -220,7 +220,7 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
     os.replace(os.path.join(tmp_dir, "model.safetensors"), paths["weights"])
     os.replace(os.path.join(tmp_dir, "config.json"), paths["config"])
     os.rmdir(tmp_dir)
-    atomic_save_json({"step_loss": history, "wall_time_s": elapsed}, paths["loss_json"])
+    atomic_write_json(paths["loss_json"], {"step_loss": history, "wall_time_s": elapsed})
     plot_loss(history, paths["loss_png"])
     return bb
 
@@ -259,10 +259,8 @@ def save_grid(images: Tensor, path: str, nrow: int = 10, title: Optional[str] = 
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    atomic_savefig(path, fig)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def evaluate_bundled(backbone: EDMBackbone, out_dir: str, n: int = 1000, seed: int = 0,
@@ -290,5 +288,5 @@ def evaluate_bundled(backbone: EDMBackbone, out_dir: str, n: int = 1000, seed: i
         q["fd_samples_vs_heldout"][str(k)] = digits_fid(xs, held)
         if k == step_counts[0]:
             save_grid(xs, paths["samples_png"], title=f"bundled digits backbone: {k}-step iPNDM samples (seed {seed})")
-    atomic_save_json(q, paths["quality"])
+    atomic_write_json(paths["quality"], q)
     return q

@@ -41,13 +41,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..data.digits import load_digits_split
+from ..io import atomic_savefig, atomic_torch_save, atomic_write_json
 from ..metrics.fid import EXTRACTOR_NAME, digits_fid, load_digits_features
+from ..options import setting
 from ..processes import FlowOTProcess
 from ..sampling.guidance import GuidedBackbone
 from ..solvers import sample
 from .base import Backbone, CondSpec, parse_dtype
 from .bundled import ASSETS_DIR, ema_update, save_grid, warmup_lr
-from .convert import atomic_save_json, atomic_torch_save
 from .diffusers import require_diffusers
 from .flow import default_timesteps
 
@@ -73,13 +74,13 @@ def bundled_flow_paths(assets_dir: Optional[str] = None) -> Dict[str, str]:
 @dataclass
 class FlowTrainConfig:
     resolution: int = 16
-    seed: int = 0
-    threads: int = 1
+    seed: int = setting(0, "initialisation and data order")
+    threads: int = setting(1, "torch CPU threads")
     ckpt_every: int = 200
     # VAE
     vae_channels: List[int] = field(default_factory=lambda: [32, 64])
     latent_channels: int = 4
-    vae_steps: int = 1000
+    vae_steps: int = setting(1000, "VAE optimizer steps")
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
@@ -88,8 +89,8 @@ class FlowTrainConfig:
     dit_heads: int = 4
     dit_head_dim: int = 32
     patch_size: int = 2
-    steps: int = 3000
-    batch_size: int = 64
+    steps: int = setting(3000, "flow DiT optimizer steps")
+    batch_size: int = setting(64, "batch size of the flow DiT")
     lr: float = 5e-4
     warmup_steps: int = 100
     ema_halflife_steps: float = 250.0
@@ -303,7 +304,7 @@ def _train_vae(cfg: FlowTrainConfig, data: Tensor, out_dir: str, resume: bool, p
         d = {"config": asdict(cfg), "vae": vae.state_dict(), "step": step, "history": history, "elapsed": elapsed}
         if not final:
             d.update(opt=opt.state_dict(), gen=gen.get_state())
-        atomic_torch_save(d, path)
+        atomic_torch_save(path, d)
 
     bar = None
     if progress:
@@ -395,9 +396,9 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
         step, history, elapsed = _load_training_state(state_path, cfg, {"net": net, "ema": ema}, opt, gen)
 
     def save_state():
-        atomic_torch_save({"config": asdict(cfg), "net": net.state_dict(), "ema": ema.state_dict(),
-                           "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
-                           "elapsed": elapsed}, state_path)
+        atomic_torch_save(state_path, {"config": asdict(cfg), "net": net.state_dict(), "ema": ema.state_dict(),
+                                       "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
+                                       "elapsed": elapsed})
 
     bar = None
     if progress:
@@ -448,8 +449,8 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
             "flow": {"steps": step, "wall_time_s": round(elapsed, 1), "params": sum(p.numel() for p in ema.parameters()),
                      "final_loss_mean_last200": sum(final) / len(final)},
             "wall_time_s_total": round(vae_time + elapsed, 1)}
-    atomic_save_json(info, paths["training"])
-    atomic_save_json({"vae_step_loss_mse": vae_hist, "flow_step_loss": history}, paths["loss_json"])
+    atomic_write_json(paths["training"], info)
+    atomic_write_json(paths["loss_json"], {"vae_step_loss_mse": vae_hist, "flow_step_loss": history})
     plot_flow_losses(vae_hist, history, paths["loss_png"])
     bb = BundledFlowBackbone(ema, vae, shift=cfg.shift)
     return bb.eval()
@@ -472,7 +473,7 @@ def save_pipeline(transformer, vae, shift: float, path: str) -> None:
     with open(mi) as f:
         index = json.load(f)
     index["id2label"] = id2label  # DiTPipeline's optional init argument (as in facebook/DiT-XL-2-256)
-    atomic_save_json(index, mi)
+    atomic_write_json(mi, index)
     old = path + ".old"
     if os.path.isdir(path):
         if os.path.isdir(old):
@@ -505,10 +506,8 @@ def plot_flow_losses(vae_hist: List[List[float]], flow_hist: List[List[float]], 
         ax.legend()
     fig.suptitle("bundled latent flow model: training losses", fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    atomic_savefig(path, fig)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,7 +557,7 @@ def evaluate_bundled_flow(path: Optional[str] = None, out_dir: Optional[str] = N
     save_grid(xs, paths["samples_png"], nrow=N_CLASSES,
               title=f"bundled latent flow model: {steps}-step Euler, guidance {grid_guidance}, row = class 0..9")
     q["grid"] = {"guidance": grid_guidance, "steps": steps, "seed": seed + 1}
-    atomic_save_json(q, paths["quality"])
+    atomic_write_json(paths["quality"], q)
     return q
 
 
@@ -586,5 +585,5 @@ def evaluate_few_step(path: Optional[str] = None, out_dir: Optional[str] = None,
             res["fd_vs_heldout"][f"nfe{k}_shift{s:g}"] = digits_fid(bb.decode(z), held)
     q = json.load(open(paths["quality"])) if os.path.isfile(paths["quality"]) else {}
     q["few_step_euler"] = res
-    atomic_save_json(q, paths["quality"])
+    atomic_write_json(paths["quality"], q)
     return res

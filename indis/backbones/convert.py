@@ -18,15 +18,14 @@ Output directory: `model.safetensors` (float32 tensors named as EDMPrecond's sta
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import tempfile
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..io import atomic_write_json, save_safetensors
 from .base import check_backbone_id
 from .edm import EDMBackbone, preset_kwargs
 from .edm_nets import EDMPrecond
@@ -41,43 +40,6 @@ FORMAT_VERSION = 1
 
 class ArchitectureMismatchError(ValueError):
     """The weights do not fit the architecture: names missing, unexpected, or with the wrong shape."""
-
-
-# ------------------------------------------------------------------------------------------------
-# atomic writes
-# ------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_safetensors(tensors: Dict[str, Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
-    from safetensors.torch import save
-
-    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write_bytes(path, save(clean, metadata=metadata))
-
-
-def atomic_save_json(obj, path: str) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,8 +263,8 @@ def save_backbone(backbone: EDMBackbone, out_dir: str, source: Optional[str] = N
     }
     if extra:
         cfg.update(extra)
-    atomic_save_safetensors(state, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": FORMAT})
-    atomic_save_json(cfg, os.path.join(out_dir, CONFIG_NAME))
+    save_safetensors(os.path.join(out_dir, WEIGHTS_NAME), state, {"format": FORMAT})
+    atomic_write_json(os.path.join(out_dir, CONFIG_NAME), cfg)
     return cfg
 
 

@@ -4,7 +4,7 @@ Process "edm" (alpha = 1, sigma = t, t0 = 0.002, T = 80, sigma_data from the net
 (EDM's denoiser D(x; sigma)), data shape [C, R, R], condition "class" (label_dim) when the network is
 class-conditional, else none.
 
-Presets reproduce the configurations of EDM's published checkpoints (REFERENCE.md section 7); their parameter
+Presets reproduce the configurations of EDM's published checkpoints (Karras et al. 2022, NVlabs/edm); their parameter
 counts equal the published ones: cifar10_uncond 55,733,891, cifar10_cond 55,735,299, ffhq64 / afhq64
 61,805,571, imagenet64 295,899,267.
 
@@ -38,7 +38,7 @@ PRESETS: Dict[str, Dict] = {
                        channel_mult=[1, 2, 3, 4], dropout=0.10),
 }
 
-#: published parameter counts (REFERENCE.md section 7)
+#: parameter counts of EDM's published checkpoints (Karras et al. 2022, NVlabs/edm)
 PUBLISHED_PARAM_COUNTS = {
     "cifar10_uncond": 55_733_891,
     "cifar10_cond": 55_735_299,

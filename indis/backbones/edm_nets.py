@@ -1,7 +1,7 @@
 """EDM's network architectures (Karras et al. 2022), declared here so that EDM's published weights load by name.
 
-SongUNet (DDPM++ / NCSN++), DhariwalUNet (ADM) and the EDMPrecond preconditioning wrapper (REFERENCE.md
-section 1). Module and parameter names follow EDM's `training/networks.py`, so that the `state_dict()` of an
+SongUNet (DDPM++ / NCSN++), DhariwalUNet (ADM) and the EDMPrecond preconditioning wrapper (Karras et al. 2022,
+Table 1). Module and parameter names follow EDM's `training/networks.py`, so that the `state_dict()` of an
 EDM network loads into these classes with `load_state_dict(strict=True)`; the code itself is an independent
 implementation.
 
@@ -406,7 +406,7 @@ COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 
 
 class EDMPrecond(torch.nn.Module):
-    """D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4, class_labels) (REFERENCE.md section 1).
+    """D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4, class_labels) (Karras et al. 2022, Table 1).
 
     Args follow EDM (img_resolution, img_channels, label_dim, use_fp16, sigma_min, sigma_max, sigma_data,
     model_type, **model_kwargs). `compute_dtype` ("float32" | "float16" | "bfloat16") overrides use_fp16; the

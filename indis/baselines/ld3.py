@@ -1,4 +1,5 @@
-"""LD3 (Tong et al., ICLR 2025) as a baseline trained by the same machinery (REFERENCE.md section 4).
+"""LD3 (Tong et al., "Learning to Discretize Denoising Diffusion ODEs", ICLR 2025; code vinhsuhi/LD3) as a baseline
+trained by the same machinery.
 
 LD3Discretization: one global schedule (logits -> softmax -> cumsum -> affine map in a warp space, the same
 map as INDIS's tau) with a decoupled shift of each interior network call. The shift of call i >= 1 is

@@ -26,6 +26,7 @@ Tensor = torch.Tensor
 PEER_METHODS = ("gits", "dmn", "sdm")
 SEARCH_SOLVERS = ("ipndm", "dpmpp_2m", "unipc")
 HEURISTIC_NAMES = ("uniform", "logsnr", "polynomial")
+AFS_SETTINGS = {"off": (False,), "on": (True,), "both": (False, True)}  # peer_afs -> the AFS settings searched
 OPTIONS = {  # method options (TrainConfig.peer_options), the keyword arguments of each method's functions
     "gits": ("grid_steps", "grid", "metric", "gamma", "teacher_solver"),
     "dmn": ("init", "sigma_power", "trunc", "min_gap", "maxiter"),
@@ -36,10 +37,9 @@ OPTIONS = {  # method options (TrainConfig.peer_options), the keyword arguments 
 
 def parse_afs(spec: str) -> Tuple[bool, ...]:
     """'off' | 'on' | 'both' -> the AFS settings to try."""
-    table = {"off": (False,), "on": (True,), "both": (False, True)}
-    if spec not in table:
-        raise ValueError(f"peer_afs must be one of {sorted(table)}, got {spec!r}")
-    return table[spec]
+    if spec not in AFS_SETTINGS:
+        raise ValueError(f"peer_afs must be one of {sorted(AFS_SETTINGS)}, got {spec!r}")
+    return AFS_SETTINGS[spec]
 
 
 def parse_solvers(spec) -> Tuple[str, ...]:

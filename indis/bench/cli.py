@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..backbones.spec import BACKBONE_HELP, resolve_backbone
 from ..export.pipeline import export_folder
 from ..io import atomic_write_json, atomic_write_text
+from ..options import HelpFormatter, Switch
 from ..toy.study import Study, quick_config
-from ..engines.spec import BACKBONE_HELP
-from ..training.cli import load_backbone_spec
-from .latency import default_predictor, run_latency, write_report
+from .latency import BACKENDS, default_predictor, run_latency, write_report
 from .quality import plot_quality, run_quality
 
 
@@ -34,15 +34,13 @@ def _names(s: str):
 
 def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser("bench", help="latency per NFE and backend; --quality: quality per NFE and method",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="output folder: bench.json, bench.md, latency_vs_nfe.png (or quality.*)")
-    p.add_argument("--backbone", default="bundled",
-                   help=BACKBONE_HELP)
+    p.add_argument("--backbone", default="bundled", help=BACKBONE_HELP)
     p.add_argument("--nfe", type=_ints, default=None, help="NFEs (default 3,5,7,10; --quality: 3,5,7)")
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="batch sizes")
-    p.add_argument("--backends", type=_names, default=["torch", "torch_graph", "native", "native_graph", "ort", "trt"],
-                   help="subset of torch,torch_graph,native,native_graph,ort,trt; unavailable ones are reported as "
-                        "skipped")
+    p.add_argument("--backends", type=_names, default=list(BACKENDS),
+                   help=f"subset of {','.join(BACKENDS)}; unavailable ones are reported as skipped")
     p.add_argument("--engines", default=None,
                    help="folder from `indis export` for the ort/trt rows (one NFE); default: export an untrained predictor "
                         "of the standard architecture and the backbone per NFE into OUT/engines_nfe<N>")
@@ -50,7 +48,7 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--reps", type=int, default=20, help="timed runs per measurement (>= 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--quality", action="store_true", help="quality per NFE and method instead of latency")
+    p.add_argument("--quality", action=Switch, default=False, help="quality per NFE and method instead of latency")
     p.add_argument("--quality-backbones", type=_names, default=["tree", "ideal", "bundled"],
                    help="with --quality: tree (the 2D study, exact model), ideal, bundled, or other backbone specs")
     p.add_argument("--n-train", type=int, default=600, help="with --quality: training teacher samples")
@@ -61,7 +59,7 @@ def add_subparsers(subparsers) -> None:
                         "(gits, dmn, sdm; indis.baselines)")
     p.add_argument("--learned-solvers", type=_names, default=["ipndm"],
                    help="with --quality: solvers GOD/LD3/INDIS are trained through (best on validation), e.g. ipndm,dpmpp_2m,unipc")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
     p.set_defaults(func=run_bench)
 
 
@@ -76,7 +74,7 @@ def run_bench(args) -> int:
         return _run_quality(args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    bb = load_backbone_spec(args.backbone)
+    bb = resolve_backbone(args.backbone)
     nfes = args.nfe or [3, 5, 7, 10]
     engines, factory = args.engines, None
     if engines is None and {"ort", "trt"} & set(args.backends):

@@ -65,7 +65,7 @@ def _build_features(net: str) -> nn.Sequential:
                 layers += [nn.Conv2d(ci, w, 3, padding=1), nn.ReLU()]
                 ci = w
     else:
-        raise ValueError(f"unknown LPIPS trunk {net!r}; expected 'alex' or 'vgg'")
+        raise ValueError(f"unknown LPIPS trunk {net!r}; expected one of {sorted(TRUNK_FILES)}")
     return nn.Sequential(*layers)
 
 
@@ -105,8 +105,6 @@ class LPIPS(nn.Module):
 
     def __init__(self, net: str = "vgg", trunk_path=None, linear_path=None, min_size: int = 64):
         super().__init__()
-        if net not in TRUNK_FILES:
-            raise ValueError(f"unknown LPIPS trunk {net!r}; expected one of {sorted(TRUNK_FILES)}")
         self.net_name, self.min_size = net, int(min_size)
         self.features = _build_features(net)
         self.taps = _ALEX_TAPS if net == "alex" else _VGG_TAPS
@@ -186,9 +184,14 @@ def pseudo_huber(x: Tensor, y: Tensor, c: Optional[float] = None) -> Tensor:
 LOSSES = ("mse", "l1", "pseudo_huber", "lpips")
 
 
+def distance_name(name: str) -> str:
+    """The registry spelling of a distance's name (pseudo-huber -> pseudo_huber)."""
+    return name.replace("-", "_")
+
+
 def get_distance(name: str, lpips_net: str = "vgg", lpips_weights=None, device=None) -> Callable[[Tensor, Tensor], Tensor]:
     """A per-sample distance by name. lpips_weights: path of the trunk file (or its folder); default torch hub cache."""
-    name = name.replace("-", "_")
+    name = distance_name(name)
     if name == "mse":
         return mse
     if name == "l1":

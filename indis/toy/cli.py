@@ -8,7 +8,8 @@ import argparse
 import sys
 import time
 
-from .study import Study, StudyConfig, quick_config, summary_table
+from ..options import HelpFormatter, Switch
+from .study import BACKBONES, Study, StudyConfig, quick_config, summary_table
 from .tree import tree_summary
 
 
@@ -25,22 +26,23 @@ def _nfes(s: str):
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (results.json, figures, caches)")
     p.add_argument("--nfe", type=_nfes, default=None, help="comma-separated NFEs (default 3..10; --quick: 3)")
-    p.add_argument("--backbone", choices=("exact", "learned"), default="exact")
-    p.add_argument("--conditional", action="store_true", help="class-conditional variant (exact backbone; phi gets the label)")
-    p.add_argument("--quick", action="store_true", help="small sizes and iteration counts (under a minute)")
-    p.add_argument("--no-ipndm", action="store_true", help="skip the iPNDM variants")
-    p.add_argument("--num-train", type=int, default=None)
-    p.add_argument("--num-eval", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", choices=BACKBONES, default="exact",
+                   help="the tree's exact denoiser, or an MLP trained on it")
+    p.add_argument("--conditional", action=Switch, default=False, help="class-conditional variant (exact backbone; phi gets the label)")
+    p.add_argument("--quick", action=Switch, default=False, help="small sizes and iteration counts (under a minute)")
+    p.add_argument("--no-ipndm", action=Switch, default=False, help="skip the iPNDM variants")
+    p.add_argument("--num-train", type=int, default=None, help="training priors (default 20000; --quick: 800)")
+    p.add_argument("--num-eval", type=int, default=None, help="held-out priors (default 1000; --quick: 256)")
+    p.add_argument("--seed", type=int, default=0, help="priors, initialisation and data order")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="where the learned backbone is cached (default OUT/cache)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
     p.set_defaults(func=run_toy)
 
 
 def add_subparsers(subparsers) -> None:
     p = subparsers.add_parser("toy", help="synthetic 2D tree study (paper section 4.1)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
     _configure(p)
 
 
@@ -73,7 +75,7 @@ def run_toy(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="indis toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="indis toy", description=__doc__, formatter_class=HelpFormatter)
     _configure(p)
     args = p.parse_args(argv)
     return args.func(args)

@@ -46,11 +46,12 @@ from .metrics import DistributionMetrics, MetricSpec, per_sample_se
 from .tree import tree_backbone
 
 DT = torch.float32
+BACKBONES = ("exact", "learned")  # the tree's exact GMM denoiser, or an MLP trained on it
 
 
 @dataclass
 class StudyConfig:
-    backbone: str = "exact"  # exact | learned
+    backbone: str = "exact"  # one of BACKBONES
     conditional: bool = False
     nfes: Tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10)
     num_train: int = 20000
@@ -101,7 +102,7 @@ def build_backbone(cfg: StudyConfig, cache_dir=None, progress=True):
             raise ValueError("the conditional variant uses the exact class-conditional mixture (--backbone exact)")
         model, info = load_or_train(cfg.learned_train, cache_dir=cache_dir, progress=progress)
         return model, exact, info
-    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected 'exact' or 'learned'")
+    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of {BACKBONES}")
 
 
 def _rollout(bb, xT, disc, solver, cond, chunk=4096):

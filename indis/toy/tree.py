@@ -1,8 +1,8 @@
 """The 2D "tree" Gaussian mixture of Karras et al. 2024 ("Guiding a diffusion model with a bad version of
 itself", toy example), as an exact GMM backbone under flow matching OT (paper section 4.1).
 
-Construction (REFERENCE.md section 6): numpy RandomState(2); origin (0.0030, 0.0325); scale
-(1.3136, 1.3844). Class A (label 0) is a recursive tree starting at angle pi/4, class B (label 1) one starting
+Construction (as the paper's toy example code, NVlabs/edm2 toy_example.py): numpy RandomState(2); origin
+(0.0030, 0.0325); scale (1.3136, 1.3844). Class A (label 0) is a recursive tree starting at angle pi/4, class B (label 1) one starting
 at 5 pi/4, both from the origin, drawn from one shared generator with A first. recurse(depth, pos, angle)
 stops at depth 7; each branch has
     dist  = 0.292 * 0.8^depth * (1 + 0.2 randn)

@@ -1,6 +1,6 @@
 """`indis teacher | train | eval | sample`: teacher datasets, training, evaluation and sampling from the shell.
 
-Backbones are named by a spec (indis.engines.spec.resolve_backbone):
+Backbones are named by a spec (indis.backbones.spec.resolve_backbone):
   bundled            the bundled digits EDM network (indis.backbones.bundled.load_bundled)
   ideal              the ideal empirical denoiser of the digits training set (indis.backbones.ideal)
   gmm-image          a small exact Gaussian mixture over 3x8x8 images (indis.backbones.demo.ImageGMM)
@@ -12,34 +12,35 @@ NCCL when CUDA is available).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..backbones.spec import BACKBONE_HELP, resolve_backbone
 from ..engines.cli import add_sample_options, engine_sampler
-from ..engines.spec import BACKBONE_HELP, resolve_backbone
 from ..evaluate import evaluate_methods, plot_timesteps, write_results
 from ..export.manifest import load_manifest
 from ..io import (TEACHER, atomic_write_bytes, atomic_write_json, check_writable_dir, check_writable_file, claim_folder,
                   load_metadata, load_prompt_table, png_bytes)
 from ..metrics import fid
-from ..metrics.distances import LPIPS
+from ..metrics.distances import LPIPS, TRUNK_FILES
 from ..metrics.inception import inception_feature_fn
+from ..options import HelpFormatter, Switch, add_options, given_options
 from ..sampling.fixed import heuristic
 from ..sampling.load import load_predictor
 from ..sampling.sampler import Sampler
 from ..sampling.seeds import parse_seeds
+from ..schedules import SCHEDULE_NAMES
+from ..solvers import SOLVERS
 from .teacher import TeacherConfig, generate_teacher, load_teacher
 from .train import TrainConfig, check_run_folder, train
 
 
 def load_backbone_spec(spec: str):
-    """The backbone named by a --backbone spec (see indis.engines.spec.resolve_backbone)."""
+    """The backbone named by a --backbone spec (see indis.backbones.spec.resolve_backbone)."""
     return resolve_backbone(spec)
 
 
@@ -63,23 +64,11 @@ def run_teacher(args) -> int:
     table = None
     if args.prompt_table:
         table = load_prompt_table(args.prompt_table)
-    cfg = TeacherConfig(count=args.count, first_seed=args.first_seed, shard_size=args.shard_size, solver=args.solver,
-                        steps=args.steps, schedule=args.schedule, order=args.order, cfg_scale=args.cfg_scale,
-                        state_dtype=args.state_dtype, batch_size=args.batch_size)
+    cfg = TeacherConfig(**given_options(TeacherConfig, args))
     m = generate_teacher(bb, args.out, cfg, table, progress=not args.no_progress, log=print)
     if not dist or torch.distributed.get_rank() == 0:
         print(f"teacher dataset {args.out}: {m['count']} samples in {len(m['shards'])} shards, backbone {m['backbone_id']}")
     return 0
-
-
-def _add_train_options(p):
-    for f in fields(TrainConfig):
-        opt = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(opt, action="store_true", default=None, help=f"(default {f.default})")
-        else:
-            typ = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}.get(str(f.type), str)
-            p.add_argument(opt, type=typ, default=None, help=f"(default {f.default})")
 
 
 def _read_config(path) -> dict:
@@ -99,17 +88,20 @@ def _read_config(path) -> dict:
     return base
 
 
-def run_train(args) -> int:
+def train_config(args) -> TrainConfig:
+    """The TrainConfig of `indis train`: TrainConfig's defaults, then the --config file, then the options given."""
     base = _read_config(args.config) if args.config else {}
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            base[f.name] = v
+    base.update(given_options(TrainConfig, args))  # the command line overrides the --config file
     try:
         cfg = TrainConfig.from_dict(base)
     except ValueError as e:
         raise ValueError(f"{e}" + (f" (--config {args.config} or the command line)" if args.config else "")) from None
     cfg.validate()
+    return cfg
+
+
+def run_train(args) -> int:
+    cfg = train_config(args)
     check_run_folder(args.out, args.resume, args.overwrite)  # before any work
     torch.set_num_threads(args.threads) if args.threads else None
     maybe_init_distributed()
@@ -124,6 +116,9 @@ def run_train(args) -> int:
     return 0
 
 
+FEATURES = ("none", "digits", "inception")  # feature extractors of `indis eval --features`
+
+
 def _features(kind: str, inception_weights: Optional[str] = None):
     if kind == "none":
         return None
@@ -131,7 +126,7 @@ def _features(kind: str, inception_weights: Optional[str] = None):
         return fid.digits_features  # documented in indis.metrics.fid ("digits-cnn-v1")
     if kind == "inception":  # pytorch-fid's FID Inception (indis.metrics.inception); images in [-1, 1], 3 or 1 channels
         return inception_feature_fn(inception_weights)
-    raise ValueError(f"unknown feature extractor {kind!r}; expected none | digits | inception")
+    raise ValueError(f"unknown feature extractor {kind!r}; expected one of {FEATURES}")
 
 
 def run_eval(args) -> int:
@@ -258,54 +253,46 @@ def run_sample(args) -> int:
 
 
 def add_subparsers(subparsers) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     def common(p, backbone_required=True):
         p.add_argument("--backbone", required=backbone_required,
                        help=BACKBONE_HELP
                             + ("" if backbone_required else " (with --engines: the backbone of the torch and native "
                                "backends when the export's manifest names no registry backbone)"))
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as torch sets them)")
+        p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
 
     p = subparsers.add_parser("teacher", help="generate a sharded teacher dataset (resumable; torchrun for several processes)", formatter_class=fmt)
     common(p)
     p.add_argument("--out", required=True, help="dataset folder")
-    p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--solver", default="ipndm")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--schedule", default="polynomial")
-    p.add_argument("--order", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--state-dtype", default="float64")
-    p.add_argument("--batch-size", type=int, default=128)
+    add_options(p, TeacherConfig)
     p.add_argument("--prompt-table", default=None, help="safetensors with 'table' [M, dim] of pooled prompt embeddings (text models)")
     p.set_defaults(func=run_teacher)
 
     p = subparsers.add_parser("train", help="train INDIS / GOD / LD3 (and ablations) on a teacher dataset", formatter_class=fmt)
     common(p)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--teacher", required=True, help="teacher dataset from `indis teacher`")
+    p.add_argument("--out", required=True, help="training run folder (predictor.safetensors, checkpoint, run.json)")
     p.add_argument("--config", default=None, help="JSON file of training options (command-line options override it)")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", action=Switch, default=False,
                    help="continue from out/checkpoint.safetensors (the backbone, teacher and options must be the run's)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out and start again")
-    _add_train_options(p)
+    p.add_argument("--overwrite", action=Switch, default=False, help="delete an earlier run in --out and start again")
+    add_options(p, TrainConfig, unset=True)  # None when not given: --config or TrainConfig's default applies
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("eval", help="endpoint distance to the teacher and Frechet distance per NFE and method", formatter_class=fmt)
     common(p)
     p.add_argument("--teacher", required=True, help="held-out teacher dataset (seeds not used in training)")
-    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7])
-    p.add_argument("--heuristics", nargs="*", default=["uniform", "logsnr", "polynomial"])
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7], help="NFEs of the heuristic schedules")
+    p.add_argument("--heuristics", nargs="*", default=["uniform", "logsnr", "polynomial"], choices=SCHEDULE_NAMES,
+                   help="heuristic schedules evaluated beside the predictors")
     p.add_argument("--predictor", action="append", help="NAME=path/predictor.safetensors (repeatable; NFE from its metadata)")
-    p.add_argument("--solver", default="ipndm")
-    p.add_argument("--lpips", action="store_true", help="also LPIPS (trunk weights from the torch hub cache)")
-    p.add_argument("--lpips-weights", default=None)
-    p.add_argument("--lpips-net", default="vgg")
-    p.add_argument("--features", default="none", choices=["none", "digits", "inception"],
+    p.add_argument("--solver", default="ipndm", choices=tuple(SOLVERS), help="solver of every method")
+    p.add_argument("--lpips", action=Switch, default=False, help="also LPIPS (trunk weights from the torch hub cache)")
+    p.add_argument("--lpips-weights", default=None, help="LPIPS trunk weight file or folder (implies --lpips)")
+    p.add_argument("--lpips-net", default="vgg", choices=tuple(TRUNK_FILES), help="LPIPS trunk")
+    p.add_argument("--features", default="none", choices=FEATURES,
                    help="feature extractor of the Frechet distance: digits (the bundled 16x16 digits) or inception "
                         "(FID: pytorch-fid's Inception-v3 pool3, for RGB images; grayscale repeated to 3 channels)")
     p.add_argument("--inception-weights", default=None,
@@ -318,15 +305,17 @@ def add_subparsers(subparsers) -> None:
     common(p, backbone_required=False)
     add_sample_options(p)  # --engines DIR --backend torch|ort|trt|native --device
     p.add_argument("--predictor", default=None, help="predictor.safetensors from `indis train` (else a heuristic schedule)")
-    p.add_argument("--schedule", default=None, help="heuristic schedule without a predictor (default polynomial)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULE_NAMES,
+                   help="heuristic schedule without a predictor (default polynomial)")
     p.add_argument("--nfe", type=int, default=None, help="steps of the heuristic schedule (default 5); with a predictor "
                    "or --engines it must match theirs")
-    p.add_argument("--solver", default=None, help="default: the predictor's or export folder's solver, else ipndm")
+    p.add_argument("--solver", default=None, choices=tuple(SOLVERS),
+                   help="default: the predictor's or export folder's solver, else ipndm")
     p.add_argument("--seeds", default="0-63", help=f"e.g. 0-63 or 1,5,9 (at most {MAX_GRID_SAMPLES} seeds: one grid)")
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cols", type=int, default=0)
-    p.add_argument("--plot", action="store_true", help="also plot the timesteps across samples (Fig. 7)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (conditional backbones)")
+    p.add_argument("--batch-size", type=int, default=64, help="seeds sampled at once (does not change the samples)")
+    p.add_argument("--cols", type=int, default=0, help="grid columns (0: a square grid)")
+    p.add_argument("--plot", action=Switch, default=False, help="also plot the timesteps across samples (Fig. 7)")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--outdir", default=None, help="also write one PNG per seed here, named SEED.png with six digits "
                    "(000042.png), as EDM's generate.py")

@@ -26,12 +26,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..backbones.base import CondSpec, parse_dtype
+from ..backbones.base import DTYPES, CondSpec, parse_dtype
 from ..io import TEACHER, atomic_write_json, claim_folder, load_prompt_table, load_tensors, save_tensors, sha256_file
+from ..options import setting
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.seeds import draw
-from ..schedules import get_schedule
-from ..solvers import sample
+from ..schedules import SCHEDULE_NAMES, get_schedule
+from ..solvers import SOLVERS, sample
 
 Tensor = torch.Tensor
 FORMAT = "indis-teacher/1"
@@ -39,16 +40,16 @@ FORMAT = "indis-teacher/1"
 class TeacherConfig:
     """Settings of a teacher dataset (all recorded in the manifest)."""
 
-    count: int = 1000  # number of tuples
-    first_seed: int = 0  # seeds first_seed .. first_seed + count - 1
-    shard_size: int = 256  # tuples per shard file
-    solver: str = "ipndm"  # teacher solver
-    steps: int = 30  # teacher NFE
-    schedule: str = "polynomial"  # heuristic schedule of the teacher
-    order: Optional[int] = None  # solver order (default: the solver's)
-    cfg_scale: float = 1.0  # classifier-free guidance scale (conditional backbones)
-    state_dtype: str = "float64"  # solver state precision
-    batch_size: int = 128  # generation batch (does not change the result's seeds or x_T)
+    count: int = setting(1000, "number of tuples")
+    first_seed: int = setting(0, "seeds first_seed .. first_seed + count - 1")
+    shard_size: int = setting(256, "tuples per shard file")
+    solver: str = setting("ipndm", "teacher solver", choices=SOLVERS)
+    steps: int = setting(30, "teacher NFE")
+    schedule: str = setting("polynomial", "heuristic schedule of the teacher", choices=SCHEDULE_NAMES)
+    order: Optional[int] = setting(None, "solver order (default: the solver's)")
+    cfg_scale: float = setting(1.0, "classifier-free guidance scale (conditional backbones)")
+    state_dtype: str = setting("float64", "solver state precision", choices=tuple(DTYPES))
+    batch_size: int = setting(128, "generation batch (does not change the result's seeds or x_T)")
 
     def settings(self) -> Dict:
         d = asdict(self)

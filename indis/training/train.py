@@ -40,20 +40,21 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..backbones.base import CondSpec, parse_dtype
+from ..backbones.base import DTYPES, CondSpec, parse_dtype
 from ..baselines import sdm
 from ..baselines.amed import AMEDPlugin, amed_steps
 from ..baselines.common import Sampled, peer_schedule
 from ..baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
-from ..baselines.search import parse_afs, parse_solvers, score, select
-from ..discretization import DiscretizationParam
+from ..baselines.search import AFS_SETTINGS, parse_afs, parse_solvers, score, select
+from ..discretization import WARPS, DiscretizationParam
 from ..io import RUN_FORMAT, RUN_MARKER, TRAINING_RUN, atomic_write_json, claim_folder, load_tensors, save_tensors
-from ..metrics.distances import get_distance, mse
+from ..metrics.distances import LOSSES, TRUNK_FILES, distance_name, get_distance, mse
+from ..options import setting
 from ..predictor import GlobalDiscretization, Predictor, save_predictor
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.solve import solve
-from ..schedules import get_schedule
-from ..solvers import sample
+from ..schedules import SCHEDULE_NAMES, get_schedule
+from ..solvers import SOLVERS, sample
 from .teacher import TeacherDataset
 
 Tensor = torch.Tensor
@@ -63,45 +64,48 @@ METHODS = ("indis", "god", "ld3", "amed") + PEER_METHODS
 
 @dataclass
 class TrainConfig:
-    method: str = "indis"  # indis | god | ld3
-    nfe: int = 5  # student NFE
-    solver: str = "ipndm"  # student solver
-    order: Optional[int] = None  # solver order (default: the solver's)
-    warp: str = "logsnr"  # warp space of tau and dtau: t | logsnr | sigma_rho
-    rho: float = 7.0  # exponent of the sigma_rho warp
-    b_dtau: float = 0.05  # bound of the shift (warp units)
-    b_gamma: float = 0.05  # bound of the scale around 1
-    init_schedule: str = "polynomial"  # heuristic the learned schedule starts from (or sdm: SDM's schedule from pilots)
-    orders: str = ""  # per-step solver orders: "" (the solver's), a list "1,4,4,4,4", or sdm (SDM's criterion)
-    afs: bool = False  # analytical first step: nfe network calls on nfe + 1 steps
-    no_instance: bool = False  # ablation: phi without x_T
-    no_shift: bool = False  # ablation: no dtau
-    no_scale: bool = False  # ablation: no gamma
-    no_cond: bool = False  # ablation: phi without the condition
-    hidden: int = 128  # predictor width
-    conv_width: int = 32  # predictor conv width (image priors)
-    loss: str = "mse"  # mse | l1 | pseudo_huber | lpips
-    lpips_net: str = "vgg"  # LPIPS trunk: alex | vgg
-    lpips_weights: Optional[str] = None  # trunk weight file or folder (default: torch hub cache)
-    lr: float = 1e-3  # peak learning rate
-    lr_min_factor: float = 0.01  # final lr = lr * lr_min_factor (cosine)
-    grad_clip: float = 1.0  # max gradient norm (0: off)
-    steps: int = 500  # optimisation steps
-    batch_size: int = 32  # global batch (split over ranks)
-    val_fraction: float = 0.1  # held-out part of the teacher set
-    val_every: int = 50  # validate every K steps (and at the end)
-    ckpt_every: int = 100  # checkpoint every K steps (and at the end)
-    seed: int = 0  # model init, split and data order
-    grad_checkpoint: bool = False  # recompute backbone calls in the backward pass
-    cfg_scale: float = 1.0  # classifier-free guidance of the student calls
-    backbone_dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast)
-    state_dtype: str = "float32"  # solver state
-    ld3_ball: float = 0.001  # LD3 soft-ball radius factor (0: off)
-    eval_batch_size: int = 256
-    pilots: int = 128  # peers (gits/dmn/sdm): pilot samples from the training split
-    peer_solvers: str = "ipndm,dpmpp_2m,unipc"  # peers: solvers searched (best on the validation split)
-    peer_afs: str = "both"  # peers: analytical first step off | on | both (best of)
-    peer_options: str = ""  # peers: JSON object of method options (e.g. {"grid_steps": 60} for gits)
+    method: str = setting("indis", "what to train: INDIS, the global GOD, LD3, AMED-Plugin, or search a training-free peer",
+                          choices=METHODS)
+    nfe: int = setting(5, "student NFE (network calls)")
+    solver: str = setting("ipndm", "student solver", choices=SOLVERS)
+    order: Optional[int] = setting(None, "solver order (default: the solver's)")
+    warp: str = setting("logsnr", "warp space of tau and dtau", choices=WARPS)
+    rho: float = setting(7.0, "exponent of the sigma_rho warp")
+    b_dtau: float = setting(0.05, "bound of the shift dtau (warp units)")
+    b_gamma: float = setting(0.05, "bound of the scale gamma around 1")
+    init_schedule: str = setting("polynomial", "heuristic the learned schedule starts from (sdm: SDM's schedule from "
+                                 "pilots)", choices=SCHEDULE_NAMES + ("sdm",))
+    orders: str = setting("", "per-step solver orders: '' (the solver's), a list 1,4,4,4,4, or sdm (SDM's criterion)")
+    afs: bool = setting(False, "analytical first step: nfe network calls on nfe + 1 steps")
+    no_instance: bool = setting(False, "ablation: phi without x_T")
+    no_shift: bool = setting(False, "ablation: no dtau")
+    no_scale: bool = setting(False, "ablation: no gamma")
+    no_cond: bool = setting(False, "ablation: phi without the condition")
+    hidden: int = setting(128, "predictor width")
+    conv_width: int = setting(32, "predictor conv width (image priors)")
+    loss: str = setting("mse", "distance to the teacher's endpoint", choices=LOSSES, parse=distance_name)
+    lpips_net: str = setting("vgg", "LPIPS trunk", choices=tuple(TRUNK_FILES))
+    lpips_weights: Optional[str] = setting(None, "LPIPS trunk weight file or folder (default: the torch hub cache)")
+    lr: float = setting(1e-3, "peak learning rate")
+    lr_min_factor: float = setting(0.01, "final lr = lr * lr_min_factor (cosine)")
+    grad_clip: float = setting(1.0, "max gradient norm (0: off)")
+    steps: int = setting(500, "optimisation steps")
+    batch_size: int = setting(32, "global batch (split over ranks)")
+    val_fraction: float = setting(0.1, "held-out part of the teacher set")
+    val_every: int = setting(50, "validate every K steps (and at the end)")
+    ckpt_every: int = setting(100, "checkpoint every K steps (and at the end)")
+    seed: int = setting(0, "model init, split and data order")
+    grad_checkpoint: bool = setting(False, "recompute backbone calls in the backward pass")
+    cfg_scale: float = setting(1.0, "classifier-free guidance of the student calls")
+    backbone_dtype: str = setting("float32", "backbone precision (float16/bfloat16: torch.autocast)", choices=tuple(DTYPES))
+    state_dtype: str = setting("float32", "solver state precision", choices=tuple(DTYPES))
+    ld3_ball: float = setting(0.001, "LD3 soft-ball radius factor (0: off)")
+    eval_batch_size: int = setting(256, "batch of validation solves")
+    pilots: int = setting(128, "peers (gits/dmn/sdm): pilot samples from the training split")
+    peer_solvers: str = setting("ipndm,dpmpp_2m,unipc", "peers: comma-separated solvers searched (best on the "
+                                "validation split)")
+    peer_afs: str = setting("both", "peers: analytical first step off, on, or both (best of)", choices=tuple(AFS_SETTINGS))
+    peer_options: str = setting("", 'peers: JSON object of method options (e.g. {"grid_steps": 60} for gits)')
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":

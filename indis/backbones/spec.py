@@ -26,20 +26,20 @@ import os
 import re
 import sys
 
-from ..backbones.bundled import load_bundled
-from ..backbones.bundled_flow import load_bundled_flow
-from ..backbones.convert import load_backbone
-from ..backbones.demo import ImageGMM
-from ..backbones.diffusers import DiffusersAdapter
-from ..backbones.edm import EDMBackbone, PRESETS
-from ..backbones.ideal import IdealDenoiser
 from ..data.digits import load_digits_split
+from .bundled import load_bundled
+from .bundled_flow import load_bundled_flow
+from .convert import load_backbone
+from .demo import ImageGMM
+from .diffusers import DiffusersAdapter
+from .edm import EDMBackbone, PRESETS
+from .ideal import IdealDenoiser
 
 REGISTRY_NAMES = ("bundled", "bundled-flow", "ideal", "gmm-image")
 # the --backbone help of every command (one list of the forms resolve_backbone takes)
-BACKBONE_HELP = ("backbone spec: bundled | bundled-flow | ideal | gmm-image | edm:PRESET[:SEED] | DIR from convert-edm | "
-                 "diffusers:PATH (a local pipeline or model folder) | module:function (a module of the current folder "
-                 "or on the path)")
+BACKBONE_HELP = ("backbone spec: bundled | bundled-flow | ideal | gmm-image | edm:PRESET[:SEED] (random weights) | "
+                 "DIR or FILE.json from convert-edm | diffusers:PATH (a local pipeline or model folder) | "
+                 "module:function (a module of the current folder or on the path)")
 _EDM_SPEC = re.compile(r"edm:([A-Za-z0-9_]+)(?::([0-9]{1,18}))?")
 
 
