@@ -63,6 +63,7 @@ def run_quality(
     val_fraction: float = 0.2,
     val_every: int = 25,
     backbone=None,
+    cached_only: bool = False,
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...] (aggregated over training
     seeds), "seed_rows": [...] (one per method, NFE and seed), "meta": {...}, "models": {method: {nfe: module}}
@@ -87,7 +88,8 @@ def run_quality(
     predictor is there with the same training config (an interrupted learned run resumes from its checkpoint);
     its evaluation row is cached beside it (eval.json, keyed by the held-out teacher's fingerprint), so a rerun
     with more methods or seeds only does the new work. backbone: a loaded backbone for backbone_spec (else loaded
-    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones)."""
+    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones).
+    cached_only: train nothing; rows only for the runs already finished in WORK (what an interrupted job did)."""
     nfes = [int(k) for k in nfes]
     free_nfes = [int(k) for k in free_nfes if int(k) not in nfes]
     if not nfes or min(nfes + free_nfes) < 1:
@@ -145,13 +147,19 @@ def run_quality(
                         val_every=val_every, ckpt_every=100, hidden=64, conv_width=16, val_fraction=val_fraction, seed=s,
                         peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots, cfg_scale=cfg_scale)
             cfg = TrainConfig(**{**opts, **base})
+            done = _finished(bb, tr, cfg, f"{work}/{tag}", log)
+            if done is None and cached_only:
+                log(f"{tag}: not finished in {work}; left out (cached_only)")
+                continue
             log(f"[{i + 1}/{len(jobs)} {time.time() - t_jobs:.0f} s] {tag}")
-            model, info = _train_cached(bb, tr, cfg, f"{work}/{tag}", progress, log)
+            model, info = done if done is not None else _train_cached(bb, tr, cfg, f"{work}/{tag}", progress)
             if sol != "ipndm" and not hasattr(model, "sampling"):  # evaluated with the solver it was trained through
                 model = Sampled(model, sol)
             train_info[tag] = info
             log(f"{tag}: {'cached, ' if info['cached'] else ''}{info['seconds']:.0f} s, best validation {info['best_val']:.5g}")
             cands.append((info["best_val"], tag, model))
+        if not cands:
+            continue
         best_val, tag, model = min(cands, key=lambda c: c[0])
         if len(cands) > 1:
             train_info[f"{m}_nfe{k}_seed{s}_selected"] = tag
@@ -259,16 +267,24 @@ def _heuristic_schedule(net, name: str, nfe: int, solver: str, afs: bool):
     return peer_schedule(net, get_schedule(name, net.process, nfe + int(afs)), solver, afs=afs, method=f"heuristic:{name}").eval()
 
 
-def _train_cached(bb, tr, cfg: TrainConfig, out: str, progress: bool, log):
-    """Train one run into `out`, or skip it when its predictor is there with the same config; (model, info)."""
+def _finished(bb, tr, cfg: TrainConfig, out: str, log):
+    """(model, info) of a run finished in `out` with this config and teacher (its predictor and quality_info.json,
+    written after the predictor), else None."""
+    pred, info_path = os.path.join(out, "predictor.safetensors"), os.path.join(out, "quality_info.json")
+    if not (os.path.isfile(pred) and os.path.isfile(info_path)):
+        return None
+    model, meta = load_predictor(pred, bb.backbone_id)
+    info = json.load(open(info_path))
+    if meta.get("train_config") == json.loads(json.dumps(asdict(cfg))) and info.get("teacher") == tr.fingerprint:
+        return model, dict(info, cached=True)
+    log(f"{out}: an earlier run with other settings; it will be trained again")
+    return None
+
+
+def _train_cached(bb, tr, cfg: TrainConfig, out: str, progress: bool):
+    """Train one run into `out` (resuming an interrupted one with the same config and teacher); (model, info)."""
     cfg_json = json.loads(json.dumps(asdict(cfg)))
     pred, info_path = os.path.join(out, "predictor.safetensors"), os.path.join(out, "quality_info.json")
-    if os.path.isfile(pred) and os.path.isfile(info_path):
-        model, meta = load_predictor(pred, bb.backbone_id)
-        info = json.load(open(info_path))
-        if meta.get("train_config") == cfg_json and info.get("teacher") == tr.fingerprint:
-            return model, dict(info, cached=True)
-        log(f"{out}: an earlier run with other settings; training again")
     resume = False
     marker = os.path.join(out, "run.json")
     if cfg.method not in PEER_METHODS and os.path.isfile(marker) and not os.path.isfile(pred):
