@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -93,3 +94,54 @@ def test_bench_one_records_a_failing_backend_and_cross_checks(monkeypatch):
     assert again["status"] == "ok" and again["max_abs_diff_vs"] == "torch" and again["max_abs_diff"] == 0.0
     with pytest.raises(RuntimeError, match="boom"):
         bench_one(setup, ["broken"], warmup=1, reps=20)
+
+
+def _rows():
+    from indis.bench.quality import aggregate_seeds
+
+    seed_rows = [{"method": "indis", "nfe": k, "seed": s, "fd": v + 0.1 * s, "mse": 0.01 * v} for k, v in ((3, 4.0), (5, 2.0)) for s in (0, 1, 2)]
+    seed_rows += [{"method": "dmn", "nfe": k, "seed": None, "fd": v, "mse": 0.01 * v} for k, v in ((3, 16.0), (5, 8.0), (7, 4.0), (10, 1.0))]
+    seed_rows += [{"method": "gits", "nfe": k, "seed": None, "fd": v, "mse": 0.001} for k, v in ((3, 20.0), (5, 2.05), (10, 3.0))]
+    seed_rows += [{"method": "indis+sdm", "nfe": 3, "seed": 0, "fd": 0.5, "mse": 0.5}]
+    return aggregate_seeds(seed_rows)
+
+
+def test_speedup_reading_interpolates_log_quality_on_synthetic_rows():
+    from indis.bench.quality import nfe_to_reach, speedup_reading, speedup_text
+
+    rows = _rows()
+    indis3 = next(r for r in rows if r["method"] == "indis" and r["nfe"] == 3)
+    assert indis3["fd"] == pytest.approx(4.1) and indis3["fd_std"] == pytest.approx(0.1) and indis3["n_seeds"] == 3
+    # dmn halves its fd every 2 NFE between 3 and 7: log-linear, so the reading is exact
+    assert nfe_to_reach(rows, "dmn", 8.0)["nfe"] == pytest.approx(5.0)
+    assert nfe_to_reach(rows, "dmn", 4 * 2 ** 0.5)["nfe"] == pytest.approx(6.0)
+    assert nfe_to_reach(rows, "dmn", 20.0) == {"nfe": 3.0, "bound": "<="}
+    assert nfe_to_reach(rows, "dmn", 0.5) == {"nfe": 10.0, "bound": ">"}
+    read = speedup_reading(rows, at=(3, 5), metric="fd")
+    # NFE 3: the strongest other is dmn (16; indis+sdm is INDIS's own combination and does not count)
+    assert read[0]["peer"] == "dmn" and read[0]["bound"] == "=" and read[0]["peer_nfe"] == pytest.approx(7 - 2 * math.log2(4.1 / 4.0))
+    # NFE 5: gits (2.05) is the strongest; INDIS's 2.1 is crossed between gits's NFE 3 (20) and 5 (2.05)
+    assert read[1]["peer"] == "gits" and 3 < read[1]["peer_nfe"] < 5
+    assert "needs NFE" in speedup_text(read[0]) and "dmn" in speedup_text(read[0])
+    with pytest.raises(ValueError, match="no fd rows"):
+        nfe_to_reach(rows, "sdm", 1.0)
+
+
+def test_versus_strongest_relative_change_and_spread():
+    from indis.bench.quality import versus_strongest
+
+    vs = {v["nfe"]: v for v in versus_strongest(_rows(), "fd")}
+    assert vs[3]["other"] == "dmn" and vs[3]["relative"] == pytest.approx((4.1 - 16) / 16)
+    assert vs[3]["beyond_std"] and vs[3]["ranges_apart"]
+    # NFE 5: indis 2.1 +- 0.1 (2.0..2.2) against gits 2.05: inside the spread
+    assert vs[5]["other"] == "gits" and vs[5]["relative"] == pytest.approx(0.05 / 2.05)
+    assert not vs[5]["beyond_std"] and not vs[5]["ranges_apart"]
+
+
+def test_quality_table_mean_and_spread():
+    from indis.evaluate import quality_table
+
+    t = quality_table(_rows())
+    assert "| indis | 3 | 0.04 ± 0 | 4.1 ± 0.1 | 3 |" in t
+    assert "| dmn | 10 | 0.01 | 1 | 1 |" in t
+    assert t.index("| gits |") < t.index("| dmn |") < t.index("| indis |") < t.index("| indis+sdm |")

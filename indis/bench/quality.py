@@ -11,6 +11,7 @@ of the student samples to (a) the teacher's samples of the same seeds and (b) th
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict
@@ -225,6 +226,82 @@ def aggregate_seeds(seed_rows: List[Dict], metrics: Sequence[str] = METRICS + ("
             row[f"{key}_seeds"] = vals
         out.append(row)
     return out
+
+
+def nfe_to_reach(rows: List[Dict], method: str, target: float, metric: str = "fd") -> Dict:
+    """The NFE at which `method` reaches `target` (lower is better) on its measured curve, read by linear
+    interpolation of log(metric) against NFE between the two measured NFEs around the first crossing:
+    {"nfe": value, "bound": "="}; {"nfe": the smallest measured NFE, "bound": "<="} when it is already reached
+    there; {"nfe": the largest measured NFE, "bound": ">"} when it is not reached at any measured NFE."""
+    pts = sorted((int(r["nfe"]), float(r[metric])) for r in rows if r["method"] == method and r.get(metric) is not None)
+    if not pts:
+        raise ValueError(f"no {metric} rows for method {method!r}")
+    if target <= 0 or any(v <= 0 for _, v in pts):
+        raise ValueError(f"the log-interpolated reading needs positive values of {metric} and target, got {target} and {pts}")
+    if pts[0][1] <= target:
+        return {"nfe": float(pts[0][0]), "bound": "<="}
+    for (k1, v1), (k2, v2) in zip(pts, pts[1:]):
+        if v2 <= target:
+            f = (math.log(target) - math.log(v1)) / (math.log(v2) - math.log(v1))
+            return {"nfe": k1 + f * (k2 - k1), "bound": "="}
+    return {"nfe": float(pts[-1][0]), "bound": ">"}
+
+
+def _is_target(method: str, target: str) -> bool:
+    return method == target or method.startswith(target + "+")
+
+
+def strongest_other(rows: List[Dict], nfe: int, metric: str = "fd", target: str = "indis") -> Optional[Dict]:
+    """The best row at `nfe` by `metric` (lower is better) among the methods other than `target` and its
+    combinations (target+...)."""
+    cand = [r for r in rows if int(r["nfe"]) == int(nfe) and not _is_target(r["method"], target) and r.get(metric) is not None]
+    return min(cand, key=lambda r: r[metric]) if cand else None
+
+
+def versus_strongest(rows: List[Dict], metric: str = "fd", target: str = "indis") -> List[Dict]:
+    """Per NFE where `target` has a row: the strongest other method by `metric`, the relative change of `target`
+    against it ((target - other) / other; negative is better), and whether the difference is larger than the spread:
+    `beyond_std` (|difference| > the sum of the two standard deviations over seeds) and `ranges_apart` (the per-seed
+    min-max ranges do not overlap)."""
+    out = []
+    for r in sorted((r for r in rows if r["method"] == target and r.get(metric) is not None), key=lambda r: r["nfe"]):
+        o = strongest_other(rows, r["nfe"], metric, target)
+        if o is None:
+            continue
+        diff = r[metric] - o[metric]
+        spread = r.get(f"{metric}_std", 0.0) + o.get(f"{metric}_std", 0.0)
+        apart = r.get(f"{metric}_max", r[metric]) < o.get(f"{metric}_min", o[metric]) or \
+            r.get(f"{metric}_min", r[metric]) > o.get(f"{metric}_max", o[metric])
+        out.append({"nfe": int(r["nfe"]), "metric": metric, "target": target, "value": r[metric], "std": r.get(f"{metric}_std", 0.0),
+                    "n_seeds": r.get("n_seeds", 1), "other": o["method"], "other_value": o[metric],
+                    "other_std": o.get(f"{metric}_std", 0.0), "other_n_seeds": o.get("n_seeds", 1), "relative": diff / o[metric],
+                    "beyond_std": abs(diff) > spread, "ranges_apart": bool(apart)})
+    return out
+
+
+def speedup_reading(rows: List[Dict], at: Sequence[int] = (3, 5), metric: str = "fd", target: str = "indis") -> List[Dict]:
+    """The user's speed-up: for each NFE k of `at` where `target` has a row, the strongest other method at k (by
+    `metric`) and the NFE it needs to reach `target`'s quality at k (nfe_to_reach on its measured curve)."""
+    out = []
+    for k in at:
+        r = next((r for r in rows if r["method"] == target and int(r["nfe"]) == int(k) and r.get(metric) is not None), None)
+        o = strongest_other(rows, k, metric, target) if r is not None else None
+        if o is None:
+            continue
+        reach = nfe_to_reach(rows, o["method"], r[metric], metric)
+        out.append({"nfe": int(k), "metric": metric, "target_value": r[metric], "peer": o["method"],
+                    "peer_nfes": sorted(int(x["nfe"]) for x in rows if x["method"] == o["method"] and x.get(metric) is not None),
+                    "peer_nfe": reach["nfe"], "bound": reach["bound"]})
+    return out
+
+
+def speedup_text(reading: Dict) -> str:
+    """One line for a speed-up reading, e.g. "INDIS at NFE 3 (fd 4.1): dmn needs NFE 6.3 (measured at 3, 5, 7, 10)"."""
+    b, k = reading["bound"], reading["peer_nfe"]
+    need = {"=": f"NFE {k:.1f}", "<=": f"NFE <= {k:.0f} (already at its smallest measured NFE)",
+            ">": f"NFE > {k:.0f} (not reached at any measured NFE)"}[b]
+    return (f"INDIS at NFE {reading['nfe']} ({reading['metric']} {reading['target_value']:.4g}): the strongest other method there, "
+            f"{reading['peer']}, needs {need}; measured at NFE {', '.join(map(str, reading['peer_nfes']))}")
 
 
 def write_quality(stem, rows: List[Dict], meta: Dict, seed_rows: Optional[List[Dict]] = None) -> None:
