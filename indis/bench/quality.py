@@ -1,13 +1,16 @@
-"""Quality per NFE and method against a many-step teacher (`indis bench --quality`, the quickstart and
-benchmarks/quality_issue4.py share this pipeline).
+"""Quality per NFE and method against a many-step teacher (`indis bench --quality`, benchmarks/quality_vs_nfe.py and
+benchmarks/quality_peers.py share this pipeline).
 
 Per backbone: a training teacher set (seeds 0..n_train-1) and a held-out evaluation teacher set (seeds from
 1,000,000), both 30-step iPNDM with the polynomial (rho = 7) schedule. Per NFE, the best heuristic of
-{uniform, logsnr, polynomial} is chosen on the training teacher set by endpoint MSE; GOD, LD3 and INDIS start
-from it and are trained with the same loop, loss, steps and batch. Evaluation on the held-out seeds: endpoint MSE
-to the teacher and, for 1x16x16 digits backbones, Fréchet distances (digits-cnn-v1 features, indis.metrics.fid)
-of the student samples to (a) the teacher's samples of the same seeds and (b) the held-out real digits.
-"""
+{uniform, logsnr, polynomial} x solvers (x AFS) is chosen on training tuples by endpoint MSE; GOD, LD3 and INDIS
+start from the best heuristic under the solver they are trained through and use the same loop, loss, steps and
+batch, once per training seed; the training-free peers (GITS, DMN, SDM) are searched once. Evaluation on the
+held-out seeds: endpoint MSE to the teacher and, for 1x16x16 digits backbones, Fréchet distances (digits-cnn-v1
+features, indis.metrics.fid) of the student samples to (a) the teacher's samples of the same seeds and (b) the
+held-out real digits; rows give the mean and the standard deviation over the training seeds. The readings for the
+report: versus_strongest (INDIS against the strongest other method per NFE) and speedup_reading (the NFE the
+strongest other method needs to reach INDIS's quality)."""
 from __future__ import annotations
 
 import json
