@@ -145,3 +145,12 @@ def test_quality_table_mean_and_spread():
     assert "| indis | 3 | 0.04 ± 0 | 4.1 ± 0.1 | 3 |" in t
     assert "| dmn | 10 | 0.01 | 1 | 1 |" in t
     assert t.index("| gits |") < t.index("| dmn |") < t.index("| indis |") < t.index("| indis+sdm |")
+
+
+def test_quality_readings_markdown():
+    from indis.bench.quality import quality_readings
+
+    md = quality_readings(_rows())
+    assert "| 3 | 4.1 ± 0.1 (3 seeds) | dmn: 16 (1 run) | -74% | yes / yes | -35% (FID) |" in md
+    assert "| 5 | 2.1 ± 0.1 (3 seeds) | gits: 2.05 (1 run) | +2% | no / no | -31% (FID) |" in md
+    assert "Speed-up (FD to teacher): INDIS at NFE 3" in md and "dmn, needs NFE 6.9" in md

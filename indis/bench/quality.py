@@ -308,9 +308,39 @@ def speedup_text(reading: Dict) -> str:
 
 
 def write_quality(stem, rows: List[Dict], meta: Dict, seed_rows: Optional[List[Dict]] = None) -> None:
-    """stem.json (rows, per-seed rows, meta) and stem.md (quality_table)."""
+    """stem.json (rows, per-seed rows, meta) and stem.md (quality_table and quality_readings)."""
     atomic_write_json(f"{stem}.json", {"rows": rows, "seed_rows": seed_rows or [], "meta": meta})
-    atomic_write_text(f"{stem}.md", quality_table(rows) + "\n")
+    atomic_write_text(f"{stem}.md", quality_table(rows) + "\n\n" + quality_readings(rows))
+
+
+def quality_readings(rows: List[Dict], target: str = "indis", at: Sequence[int] = (3, 5),
+                     goal: Optional[Dict[int, float]] = None) -> str:
+    """Markdown: per NFE and metric (FD to teacher, MSE), `target` against the strongest other method (relative
+    change, beyond the spread or not, and the paper's goal beside it), then the speed-up readings."""
+    goal = PAPER_GOAL if goal is None else goal
+    out = []
+    for metric in ("fd", "mse"):
+        vs = versus_strongest(rows, metric, target)
+        if not vs:
+            continue
+        out += [f"{target} against the strongest other method by {QUALITY_LABELS.get(metric, metric)} (mean ± std over seeds):", "",
+                "| NFE | " + target + " | strongest other | relative change | beyond the spread (std / min-max) | paper's goal |",
+                "|---|---|---|---|---|---|"]
+        for v in vs:
+            g = goal.get(v["nfe"])
+            out.append(f"| {v['nfe']} | {v['value']:.4g} ± {v['std']:.2g} ({v['n_seeds']} seeds) | {v['other']}: {v['other_value']:.4g}"
+                       + (f" ± {v['other_std']:.2g} ({v['other_n_seeds']} seeds)" if v["other_n_seeds"] > 1 else " (1 run)")
+                       + f" | {100 * v['relative']:+.0f}% | {'yes' if v['beyond_std'] else 'no'} / {'yes' if v['ranges_apart'] else 'no'}"
+                       + f" | {'-' if g is None else f'{100 * g:+.0f}% (FID)'} |")
+        out.append("")
+    for metric in ("fd", "mse"):
+        for r in speedup_reading(rows, at, metric, target):
+            out.append(f"- Speed-up ({QUALITY_LABELS.get(metric, metric)}): " + speedup_text(r))
+    return "\n".join(out) + "\n"
+
+
+# the seed paper's goal: INDIS's FID against the strongest baseline at NFE 3 / 5 / 7
+PAPER_GOAL = {3: -0.35, 5: -0.31, 7: -0.16}
 
 
 def _seed_table(train_seeds, methods) -> Dict[str, List[int]]:
