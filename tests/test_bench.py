@@ -154,3 +154,23 @@ def test_quality_readings_markdown():
     assert "| 3 | 4.1 ± 0.1 (3 seeds) | dmn: 16 (1 run) | -74% | yes / yes | -35% (FID) |" in md
     assert "| 5 | 2.1 ± 0.1 (3 seeds) | gits: 2.05 (1 run) | +2% | no / no | -31% (FID) |" in md
     assert "Speed-up (FD to teacher): INDIS at NFE 3" in md and "dmn, needs NFE 6.9" in md
+
+
+def test_bench_quality_cli_seeds_and_free_nfes(tmp_path, capsys):
+    from indis.cli import main
+
+    out = tmp_path / "q"
+    rc = main(["bench", "--quality", "--quality-backbones", "gmm-image", "--methods", "dmn,god", "--train-seeds", "0,1",
+               "--n-train", "24", "--n-eval", "12", "--steps", "2", "--nfe", "2", "--free-nfes", "3", "--pilots", "4",
+               "--n-select", "8", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    doc = json.load(open(out / "quality_gmm-image.json"))
+    god = next(r for r in doc["rows"] if r["method"] == "god")
+    assert god["n_seeds"] == 2 and len(god["mse_seeds"]) == 2 and "mse_std" in god
+    assert sorted(r["nfe"] for r in doc["rows"] if r["method"] == "dmn") == [2, 3]
+    assert doc["meta"]["best_heuristic"]["3"]["select_n"] == 8
+    assert (out / "quality_vs_nfe.png").stat().st_size > 1000
+    assert "| god | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--quality", "--train-seeds", "0,0", "--out", str(out)])
+    assert "distinct non-negative integers" in capsys.readouterr().err
