@@ -70,7 +70,7 @@ def main():
         out = run_quality(a.backbone, a.work, nfes, methods=methods, n_train=a.n_train, n_eval=a.n_eval,
                           steps=a.steps, batch=a.batch, results_stem=stem, progress=False, pilots=a.pilots,
                           train_seeds=dict(seeds, **{"*": (0,)}), free_nfes=free, n_select=a.n_select, val_fraction=0.1,
-                          cached_only=a.cached_only, log=lambda s: print(s, flush=True))
+                          cached_only=a.cached_only, plot_dir=os.path.dirname(stem) or ".", log=lambda s: print(s, flush=True))
         plot_quality({a.backbone: out["rows"]}, stem + "_vs_nfe.png")
         print(open(stem + ".md").read(), flush=True)
     print(f"total {time.time() - t0:.0f} s", flush=True)
