@@ -123,6 +123,10 @@ def test_speedup_reading_interpolates_log_quality_on_synthetic_rows():
     # NFE 5: gits (2.05) is the strongest; INDIS's 2.1 is crossed between gits's NFE 3 (20) and 5 (2.05)
     assert read[1]["peer"] == "gits" and 3 < read[1]["peer_nfe"] < 5
     assert "needs NFE" in speedup_text(read[0]) and "dmn" in speedup_text(read[0])
+    # gits (20 at NFE 3, 2.05 at NFE 5) reaches INDIS's NFE-3 value 4.1 before dmn does
+    g = 3 + 2 * math.log(4.1 / 20) / math.log(2.05 / 20)
+    assert read[0]["soonest"]["method"] == "gits" and read[0]["soonest"]["nfe"] == pytest.approx(g)
+    assert f"gits at NFE {g:.1f}" in speedup_text(read[0])
     with pytest.raises(ValueError, match="no fd rows"):
         nfe_to_reach(rows, "sdm", 1.0)
 

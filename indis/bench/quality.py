@@ -285,27 +285,40 @@ def versus_strongest(rows: List[Dict], metric: str = "fd", target: str = "indis"
 
 def speedup_reading(rows: List[Dict], at: Sequence[int] = (3, 5), metric: str = "fd", target: str = "indis") -> List[Dict]:
     """The user's speed-up: for each NFE k of `at` where `target` has a row, the strongest other method at k (by
-    `metric`) and the NFE it needs to reach `target`'s quality at k (nfe_to_reach on its measured curve)."""
+    `metric`) and the NFE it needs to reach `target`'s quality at k (nfe_to_reach on its measured curve), and
+    `soonest`: the other method that reaches it at the fewest NFE (a method's curve need not be monotone, so the
+    strongest at k is not always the first to get there)."""
     out = []
     for k in at:
         r = next((r for r in rows if r["method"] == target and int(r["nfe"]) == int(k) and r.get(metric) is not None), None)
         o = strongest_other(rows, k, metric, target) if r is not None else None
         if o is None:
             continue
-        reach = nfe_to_reach(rows, o["method"], r[metric], metric)
+        others = sorted({x["method"] for x in rows if not _is_target(x["method"], target) and x.get(metric) is not None})
+        reach = {m: nfe_to_reach(rows, m, r[metric], metric) for m in others}
+        ok = [(v["nfe"], m) for m, v in reach.items() if v["bound"] != ">"]
+        soon = min(ok) if ok else None
         out.append({"nfe": int(k), "metric": metric, "target_value": r[metric], "peer": o["method"],
                     "peer_nfes": sorted(int(x["nfe"]) for x in rows if x["method"] == o["method"] and x.get(metric) is not None),
-                    "peer_nfe": reach["nfe"], "bound": reach["bound"]})
+                    "peer_nfe": reach[o["method"]]["nfe"], "bound": reach[o["method"]]["bound"], "reach": reach,
+                    "soonest": None if soon is None else {"method": soon[1], "nfe": soon[0], "bound": reach[soon[1]]["bound"]}})
     return out
 
 
+def _need(nfe: float, bound: str) -> str:
+    return {"=": f"NFE {nfe:.1f}", "<=": f"NFE <= {nfe:.0f} (already at its smallest measured NFE)",
+            ">": f"NFE > {nfe:.0f} (not reached at any measured NFE)"}[bound]
+
+
 def speedup_text(reading: Dict) -> str:
-    """One line for a speed-up reading, e.g. "INDIS at NFE 3 (fd 4.1): dmn needs NFE 6.3 (measured at 3, 5, 7, 10)"."""
-    b, k = reading["bound"], reading["peer_nfe"]
-    need = {"=": f"NFE {k:.1f}", "<=": f"NFE <= {k:.0f} (already at its smallest measured NFE)",
-            ">": f"NFE > {k:.0f} (not reached at any measured NFE)"}[b]
+    """One line for a speed-up reading, e.g. "INDIS at NFE 3 (fd 4.1): the strongest other method there, dmn, needs
+    NFE 6.3 (measured at 3, 5, 7); the first other method to reach it: gits at NFE 4.6"."""
+    s = reading.get("soonest")
+    first = ("no other method reaches it at any measured NFE" if s is None
+             else f"the first other method to reach it: {s['method']} at {_need(s['nfe'], s['bound'])}")
     return (f"INDIS at NFE {reading['nfe']} ({reading['metric']} {reading['target_value']:.4g}): the strongest other method there, "
-            f"{reading['peer']}, needs {need}; measured at NFE {', '.join(map(str, reading['peer_nfes']))}")
+            f"{reading['peer']}, needs {_need(reading['peer_nfe'], reading['bound'])}; measured at NFE "
+            f"{', '.join(map(str, reading['peer_nfes']))}; {first}")
 
 
 def write_quality(stem, rows: List[Dict], meta: Dict, seed_rows: Optional[List[Dict]] = None) -> None:
