@@ -123,6 +123,10 @@ class BundledFlowBackbone(Backbone):
     condition (the null condition of indis.training.teacher.GuidedBackbone) selects the DiT's null class, so
     GuidedBackbone gives classifier-free guidance. `decode(latents)` maps latents to 16x16 pixels in [-1, 1]."""
 
+    #: the guidance scale the quickstart and benchmarks use by default: the class accuracy of 50-step samples rises from
+    #: 95.0% unguided to 99.5% at 1.5 while their FD to held-out digits grows from 57 to 86 (bundled_flow_quality.json)
+    default_guidance = 1.5
+
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, shift: float = 1.0,
                  t0: float = 0.002, T: float = 0.988, timestep_scale: float = 1000.0):
         require_diffusers()
@@ -168,6 +172,12 @@ class BundledFlowBackbone(Backbone):
                    vae_class=type(self.vae).__name__, vae_config=plain(self.vae), shift=self.shift,
                    timestep_scale=self.timestep_scale, null_class=self.null_class)
         return cfg
+
+    @property
+    def image_seq_len(self) -> int:
+        """The DiT's image token count (latent height x width / patch^2): the sequence length of the RDS schedule."""
+        c = self.transformer.config
+        return int((c.sample_size // c.patch_size) ** 2)
 
     def default_timesteps(self, n: int) -> Tensor:
         return default_timesteps(n, self.shift, self.process.t0, self.process.T)

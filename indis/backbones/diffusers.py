@@ -39,7 +39,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..processes import VPLinearProcess, _bcast, get_process
-from ..schedules import get_schedule, shifted_uniform
+from ..schedules import get_schedule, rds_mu, shifted_uniform
 from .base import Backbone, CondSpec
 
 Tensor = torch.Tensor
@@ -129,8 +129,7 @@ def flow_shift(cfg: Dict, image_seq_len: int) -> float:
     base_shift, max_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
     base_shift = 0.5 if base_shift is None else float(base_shift)
     max_shift = 1.15 if max_shift is None else float(max_shift)
-    m = (max_shift - base_shift) / (max_len - base_len)
-    mu = base_shift + m * (image_seq_len - base_len)
+    mu = rds_mu(image_seq_len, base_len, max_len, base_shift, max_shift)
     return mu if cfg.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
 
 

@@ -21,7 +21,7 @@ from ..baselines.search import HEURISTIC_NAMES, best_heuristic, parse_afs
 from ..data.digits import load_digits_split
 from ..evaluate import best_heuristics, evaluate_methods, plot_timesteps, predictor_overhead, student_samples, write_results
 from ..metrics.fid import digits_features, frechet_distance
-from ..sampling.fixed import heuristic
+from ..sampling.fixed import heuristic, schedule_name_for
 from ..sampling.guidance import GuidedBackbone
 from ..sampling.load import load_predictor
 from ..training.cli import load_backbone_spec
@@ -32,6 +32,27 @@ Tensor = torch.Tensor
 # trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
 COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
               "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
+# the paper's Fig. 5 ablations of INDIS (TrainConfig flags): w/o instance, w/o shift, w/o scale, w/o condition
+ABLATIONS = {f"indis-{flag}": {"method": "indis", flag: True} for flag in ("no_instance", "no_shift", "no_scale", "no_cond")}
+COMPOSITES.update(ABLATIONS)
+
+
+def quality_features(bb):
+    """(features of samples, features of the held-out real digits) for Fréchet distances, or (None, None): the digits
+    features (indis.metrics.fid) of 1x16x16 samples, or of a latent backbone's decoded samples (its `decode`) when
+    they are 1x16x16 digits."""
+    feats = None
+    if tuple(bb.data_shape) == (1, 16, 16):
+        feats = digits_features
+    elif hasattr(bb, "decode"):
+        with torch.no_grad():
+            shape = tuple(bb.decode(torch.zeros(1, *bb.data_shape)).shape[1:])
+        if shape == (1, 16, 16):
+            def feats(z):
+                return digits_features(bb.decode(z))
+    if feats is None:
+        return None, None
+    return feats, digits_features(load_digits_split("heldout")[0])
 
 
 def run_quality(
@@ -52,6 +73,9 @@ def run_quality(
     peer_afs: str = "both",
     pilots: int = 128,
     learned_solvers: Sequence[str] = ("ipndm",),
+    cfg_scale: float = 1.0,
+    heuristics: Sequence[str] = HEURISTIC_NAMES,
+    seed: int = 0,
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...], "meta": {...},
     "models": {method: {nfe: module}}}; writes `results_stem`.{json,md} when given.
@@ -61,7 +85,10 @@ def run_quality(
     The "best heuristic" row is the best of uniform/logsnr/polynomial x heuristic_solvers (x AFS per peer_afs) by
     training-set MSE, sampled with its solver. GOD/LD3/INDIS are trained through each solver of learned_solvers (default
     iPNDM only), each from the best heuristic under that solver; the one with the least validation distance is the row.
-    AMED-Plugin (amed) is trained on iPNDM."""
+    AMED-Plugin (amed) is trained on iPNDM. indis-no_instance / -no_shift / -no_scale / -no_cond: the Fig. 5
+    ablations (ABLATIONS). cfg_scale: classifier-free guidance of the teacher sets and of every student (conditional
+    backbones). heuristics: the heuristic schedules (rows, and the best-heuristic search), e.g. "rds" for flow models.
+    Fréchet distances per quality_features (a latent backbone's samples are decoded first). seed: the training seed."""
     nfes = [int(k) for k in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"NFEs must be positive integers, got {nfes}")
@@ -71,13 +98,15 @@ def run_quality(
     bb = load_backbone_spec(backbone_spec)
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
     t0 = time.time()
-    generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=n_train, shard_size=200), progress=progress)
-    generate_teacher(bb, f"{work}/teacher_eval", TeacherConfig(count=n_eval, first_seed=1_000_000, shard_size=250), progress=progress)
+    generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=n_train, shard_size=200, cfg_scale=cfg_scale), progress=progress)
+    generate_teacher(bb, f"{work}/teacher_eval", TeacherConfig(count=n_eval, first_seed=1_000_000, shard_size=250, cfg_scale=cfg_scale),
+                     progress=progress)
     t_teacher = time.time() - t0
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
-    best = best_heuristics(bb, tr, nfes)
-    models: Dict[str, Dict[int, torch.nn.Module]] = {h: {k: heuristic(bb, h, k) for k in nfes} for h in HEURISTIC_NAMES}
-    best_any = {k: best_heuristic(bb, tr, k, HEURISTIC_NAMES, tuple(heuristic_solvers), parse_afs(peer_afs)) for k in nfes}
+    models: Dict[str, Dict[int, torch.nn.Module]] = {h: {k: heuristic(bb, h, k) for k in nfes} for h in heuristics}
+    names = tuple(schedule_name_for(bb, h) for h in heuristics)
+    best = best_heuristics(bb, tr, nfes, names=names)
+    best_any = {k: best_heuristic(bb, tr, k, names, tuple(heuristic_solvers), parse_afs(peer_afs)) for k in nfes}
     models["best heuristic"] = {k: best_any[k][0] for k in nfes}
     train_info = {}
     inits = {"ipndm": best}  # per solver: the best heuristic under it, where the trained methods start
@@ -88,11 +117,11 @@ def run_quality(
             base = COMPOSITES.get(m, {"method": m})
             for sol in (tuple(learned_solvers) if base["method"] in ("god", "ld3", "indis") else ("ipndm",)):
                 if sol not in inits:
-                    inits[sol] = best_heuristics(bb, tr, nfes, solver=sol)
+                    inits[sol] = best_heuristics(bb, tr, nfes, names=names, solver=sol)
                 tag = f"{m}_nfe{k}" if sol == "ipndm" else f"{m}_{sol}_nfe{k}"
                 opts = dict(method=m, nfe=k, solver=sol, steps=steps, batch_size=batch, lr=lr, init_schedule=inits[sol][k]["name"],
-                            val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=0,
-                            peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots)
+                            val_every=25, ckpt_every=100, hidden=64, conv_width=16, val_fraction=0.2, seed=seed,
+                            peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots, cfg_scale=cfg_scale)
                 cfg = TrainConfig(**{**opts, **base})
                 t1 = time.time()
                 meta = train(bb, tr, cfg, f"{work}/{tag}", overwrite=True, progress=progress)  # its own scratch runs
@@ -112,14 +141,11 @@ def run_quality(
             models[m][k] = model.eval()
             if len(cands) > 1:
                 train_info[f"{m}_nfe{k}_selected"] = tag
-    feats, ref_data = None, None
-    if tuple(bb.data_shape) == (1, 16, 16):
-        feats, ref_data = digits_features, load_digits_split("heldout")[0]
+    feats, rf = quality_features(bb)
     rows = evaluate_methods(bb, ev, models, features=feats)
     teacher_fd_data = None
     if feats is not None:
-        rf = feats(ref_data)
-        net = GuidedBackbone(bb)
+        net = GuidedBackbone(bb, cfg_scale)
         for r in rows:
             r["fd_data"] = float(frechet_distance(feats(student_samples(models[r["method"]][r["nfe"]], net, ev)), rf))
         teacher_fd_data = float(frechet_distance(feats(ev.x0), rf))
@@ -133,9 +159,10 @@ def run_quality(
             stem = os.path.basename(results_stem) if results_stem else f"quality_{backbone_spec}"
             plot_timesteps(models["indis"][k_plot], x_T, cond, os.path.join(plot_dir, f"{stem}_timesteps_nfe{k_plot}.png"),
                            reference=models["best heuristic"][k_plot].timesteps, title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
-        over = predictor_overhead(models["indis"][nfes[len(nfes) // 2]], bb, batch=64)
+        pos = torch.arange(min(64, len(ev)))  # held-out conditions for a conditional backbone
+        over = predictor_overhead(models["indis"][nfes[len(nfes) // 2]], bb, batch=len(pos), cond=ev.batch(pos)[1])
     meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
-            "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse"},
+            "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "cfg_scale": cfg_scale, "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse"},
             "best_heuristic": {k: {"name": best_any[k][1]["name"], "solver": best_any[k][1]["solver"], "train_mse": best_any[k][1]["scores"]}
                                for k in nfes},
             "init_schedule_ipndm": {k: {"name": best[k]["name"], "train_mse": best[k]["scores"]} for k in nfes},
