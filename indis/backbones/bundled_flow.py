@@ -21,8 +21,9 @@ digits (indis.data.digits: 16x16, the same 1500-image train split; the 297 held-
 Saved as a diffusers pipeline folder (indis/assets/bundled_flow: model_index.json naming `DiTPipeline` with
 id2label, transformer/, vae/, scheduler/) that `diffusers.DiffusionPipeline.from_pretrained(folder)` loads. Note
 that DiTPipeline.__call__ itself cannot run a FlowMatchEulerDiscreteScheduler (it calls scale_model_input,
-which that scheduler lacks) and uses ImageNet's null class 1000: sample with `sample_latents` here or through
-INDIS (`BundledFlowBackbone`, backbone spec `bundled-flow`).
+which that scheduler lacks) and uses ImageNet's null class 1000: sample the loaded pipeline object with
+`indis.pipelines.IndisPipeline.from_pipe(pipe, predictor)` (the diffusers adapter's `dit` family), with
+`sample_latents` here, or through INDIS (`BundledFlowBackbone`, backbone spec `bundled-flow`).
 
 Training (`train_bundled_flow`, CLI `indis train-flow-backbone`) is resumable: atomic training-state
 checkpoints per stage (vae_state.pt, flow_state.pt, with RNG states) and the finished VAE (vae_final.pt); it is
@@ -48,7 +49,7 @@ from ..solvers import sample
 from .base import Backbone, CondSpec, parse_dtype
 from .bundled import ASSETS_DIR, ema_update, save_grid, warmup_lr
 from .convert import atomic_save_json, atomic_torch_save
-from .diffusers import require_diffusers
+from .diffusers import dit_class_labels, require_diffusers
 from .flow import default_timesteps
 
 Tensor = torch.Tensor
@@ -184,9 +185,7 @@ class BundledFlowBackbone(Backbone):
 
     def labels(self, cond: Optional[Tensor], batch: int, device) -> Tensor:
         """Class indices for the DiT: argmax of a one-hot row, the null class for an all-zero row (or no cond)."""
-        if cond is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return torch.where(cond.abs().sum(1) > 0.5, cond.argmax(1), torch.full_like(cond.argmax(1), self.null_class))
+        return dit_class_labels(cond, self.null_class, batch, device)
 
     def predict(self, x, t, cond):
         dtype = next(self.transformer.parameters()).dtype
