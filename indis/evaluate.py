@@ -49,15 +49,18 @@ def student_samples(model, backbone, teacher, positions=None, solver="ipndm", or
 
 def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], solver: str = "ipndm",
                      lpips=None, features: Optional[Callable[[Tensor], Tensor]] = None, reference: Optional[Tensor] = None,
-                     batch: int = 256, progress: bool = False) -> List[Dict]:
+                     batch: int = 256, progress: bool = False, data_reference: Optional[Tensor] = None) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
-    GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe)."""
+    GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe).
+    data_reference: with features, a second reference set (e.g. held-out real data): row["fd_data"] is the Fréchet
+    distance of the same student samples to it."""
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     fd = None
     if features is not None:
         fd = frechet_tools()
         ref = teacher.x0 if reference is None else reference
         ref_feat = _batched(features, ref, batch)
+        data_feat = None if data_reference is None else _batched(features, data_reference, batch)
     rows = []
     items = [(n, k, m) for n, d in methods.items() for k, m in sorted(d.items())]
     it = items
@@ -75,7 +78,10 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
             with torch.no_grad():
                 row["lpips"] = float(torch.cat([lpips(x0[i : i + batch], teacher.x0[i : i + batch]) for i in range(0, len(x0), batch)]).mean())
         if fd is not None:
-            row["fd"] = float(fd(_batched(features, x0, batch), ref_feat))
+            x_feat = _batched(features, x0, batch)
+            row["fd"] = float(fd(x_feat, ref_feat))
+            if data_feat is not None:
+                row["fd_data"] = float(fd(x_feat, data_feat))
         row["seconds"] = time.time() - t0
         rows.append(row)
     return rows
@@ -109,6 +115,38 @@ def markdown_table(rows: List[Dict], metric: str = "mse", methods: Optional[Sequ
             r = [x for x in rows if x["method"] == n and x["nfe"] == k and metric in x]
             cells.append(fmt.format(r[0][metric]) if r else "-")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+QUALITY_ORDER = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm", "indis+sdm+afs")
+QUALITY_LABELS = {"mse": "MSE", "fd": "FD to teacher", "fd_data": "FD to data", "lpips": "LPIPS", "kl": "KL", "w2": "W2"}
+
+
+def _pm(row: Dict, metric: str, fmt: str) -> str:
+    if row.get(metric) is None:
+        return "-"
+    std = row.get(f"{metric}_std")
+    if std is None or row.get("n_seeds", 1) < 2:
+        return fmt.format(row[metric])
+    return f"{fmt.format(row[metric])} ± {fmt.format(std)}"
+
+
+def quality_table(rows: List[Dict], metrics: Sequence[str] = ("mse", "fd", "fd_data", "lpips", "kl", "w2"),
+                  methods: Optional[Sequence[str]] = None, fmt: str = "{:.4g}") -> str:
+    """One Markdown table: rows method x NFE, columns each metric as mean ± spread (`<metric>_std`, the standard
+    deviation over training seeds; a plain value for one seed), the number of seeds, the training or search
+    seconds (mean per seed) and the solver the row was sampled with. Metrics absent from every row are left out."""
+    metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
+    present = list(dict.fromkeys(r["method"] for r in rows))
+    names = list(methods) if methods else [m for m in QUALITY_ORDER if m in present] + [m for m in present if m not in QUALITY_ORDER]
+    lines = ["| method | NFE | " + " | ".join(QUALITY_LABELS.get(m, m) for m in metrics) + " | seeds | train/search s | solver |",
+             "|---|---|" + "---|" * (len(metrics) + 3)]
+    for n in names:
+        for r in sorted((r for r in rows if r["method"] == n), key=lambda r: r["nfe"]):
+            sec = r.get("train_seconds")
+            solver = str(r.get("solver", "")) + (" +AFS" if r.get("afs") else "")
+            lines.append(f"| {n} | {r['nfe']} | " + " | ".join(_pm(r, m, fmt) for m in metrics)
+                         + f" | {r.get('n_seeds', 1)} | {'-' if sec is None else f'{sec:.0f}'} | {solver} |")
     return "\n".join(lines)
 
 

@@ -366,12 +366,54 @@ def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_
     rows = {r["method"]: r for r in out["rows"]}
     assert {"best heuristic", "dmn", "god"} <= set(rows)
     tr = out["meta"]["training"]
-    assert {"god_nfe3", "god_unipc_nfe3", "dmn_nfe3"} <= set(tr)
-    sel = tr["god_nfe3_selected"]
-    assert rows["god"]["solver"] == tr[sel]["solver"] if sel != "god_nfe3" else rows["god"]["solver"] == "ipndm"
-    assert rows["dmn"]["solver"] == tr["dmn_nfe3"]["solver"] and rows["dmn"]["afs"] is False
+    assert {"god_nfe3_seed0", "god_unipc_nfe3_seed0", "dmn_nfe3_seed0"} <= set(tr)
+    sel = tr["god_nfe3_seed0_selected"]
+    assert rows["god"]["solver"] == tr[sel]["solver"] if sel != "god_nfe3_seed0" else rows["god"]["solver"] == "ipndm"
+    assert rows["dmn"]["solver"] == tr["dmn_nfe3_seed0"]["solver"] and rows["dmn"]["afs"] is False
     assert rows["best heuristic"]["solver"] == out["meta"]["best_heuristic"][3]["solver"]
     assert (tmp_path / "q.md").is_file()
     assert rows["indis+sdm"]["orders"] is not None and rows["indis+sdm"]["orders"][0] == 1
     with pytest.raises(ValueError, match="unknown method"):
         run_quality("gmm-image", str(tmp_path), methods=("bogus",))
+
+
+def test_run_quality_training_seeds_are_aggregated_and_finished_runs_are_skipped(tmp_path, monkeypatch):
+    import indis.bench.quality as q
+
+    kw = dict(nfes=(2,), methods=("dmn", "god"), n_train=30, n_eval=16, steps=3, batch=8, progress=False, pilots=4,
+              peer_afs="off", heuristic_solvers=("ipndm",), heuristics=("uniform", "logsnr"), free_nfes=(4,))
+    lines = []
+    out = q.run_quality("gmm-image", str(tmp_path), train_seeds=(0, 1, 2), log=lines.append, **kw)
+    seed_rows = [r for r in out["seed_rows"] if r["method"] == "god"]
+    assert sorted(r["seed"] for r in seed_rows) == [0, 1, 2]
+    vals = [r["mse"] for r in sorted(seed_rows, key=lambda r: r["seed"])]
+    assert len(set(vals)) == 3  # the seed changes the run (init, split, data order)
+    god = next(r for r in out["rows"] if r["method"] == "god")
+    t = torch.tensor(vals, dtype=torch.float64)
+    assert god["n_seeds"] == 3 and god["mse_seeds"] == vals
+    assert god["mse"] == pytest.approx(float(t.mean())) and god["mse_std"] == pytest.approx(float(t.std()))
+    assert god["mse_min"] == min(vals) and god["mse_max"] == max(vals)
+    dmn = [r for r in out["rows"] if r["method"] == "dmn"]  # training-free: once, also at the free NFE
+    assert sorted(r["nfe"] for r in dmn) == [2, 4] and all(r["n_seeds"] == 1 and r["mse_std"] == 0.0 for r in dmn)
+    assert not any(r["method"] == "god" and r["nfe"] == 4 for r in out["rows"])
+    assert any("god_nfe2_seed2" in l for l in lines)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(q, "train", no_training)
+    monkeypatch.setattr(q, "evaluate_methods", no_training)
+    monkeypatch.setattr(q, "best_heuristic", no_training)
+    again = q.run_quality("gmm-image", str(tmp_path), train_seeds=(0, 1, 2), log=lambda *a: None, **kw)
+    assert [r["mse"] for r in again["seed_rows"]] == [r["mse"] for r in out["seed_rows"]]
+    assert all(v["cached"] for v in again["meta"]["training"].values() if isinstance(v, dict))
+    monkeypatch.undo()
+    # another training length is another run: trained again, not taken from the cache
+    calls = []
+    real = q.train
+    monkeypatch.setattr(q, "train", lambda *a, **k: calls.append(a[2].seed) or real(*a, **k))
+    q.run_quality("gmm-image", str(tmp_path), train_seeds={"god": (1,), "*": (0,)}, log=lambda *a: None, **dict(kw, steps=2))
+    assert calls == [0, 0, 1]  # steps is in every config: dmn (seed 0, NFE 2 and 4) and god seed 1 run again
+    with pytest.raises(ValueError, match="not among methods"):
+        q.run_quality("gmm-image", str(tmp_path), train_seeds={"indis": (0,)}, **kw)
+

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -112,3 +113,83 @@ def test_latency_times_a_latent_backbones_decode_apart(tmp_path):
     assert "VAE decode" in md and "| torch | 2 | 3 |" in md
     plain = run_latency(_bb(), nfes=[2], batches=[3], backends=["torch"], reps=20, warmup=1, progress=False)
     assert "decode_ms" not in plain["rows"][0]
+
+
+def _rows():
+    from indis.bench.quality import aggregate_seeds
+
+    seed_rows = [{"method": "indis", "nfe": k, "seed": s, "fd": v + 0.1 * s, "mse": 0.01 * v} for k, v in ((3, 4.0), (5, 2.0)) for s in (0, 1, 2)]
+    seed_rows += [{"method": "dmn", "nfe": k, "seed": None, "fd": v, "mse": 0.01 * v} for k, v in ((3, 16.0), (5, 8.0), (7, 4.0), (10, 1.0))]
+    seed_rows += [{"method": "gits", "nfe": k, "seed": None, "fd": v, "mse": 0.001} for k, v in ((3, 20.0), (5, 2.05), (10, 3.0))]
+    seed_rows += [{"method": "indis+sdm", "nfe": 3, "seed": 0, "fd": 0.5, "mse": 0.5}]
+    return aggregate_seeds(seed_rows)
+
+
+def test_speedup_reading_interpolates_log_quality_on_synthetic_rows():
+    from indis.bench.quality import nfe_to_reach, speedup_reading, speedup_text
+
+    rows = _rows()
+    indis3 = next(r for r in rows if r["method"] == "indis" and r["nfe"] == 3)
+    assert indis3["fd"] == pytest.approx(4.1) and indis3["fd_std"] == pytest.approx(0.1) and indis3["n_seeds"] == 3
+    # dmn halves its fd every 2 NFE between 3 and 7: log-linear, so the reading is exact
+    assert nfe_to_reach(rows, "dmn", 8.0)["nfe"] == pytest.approx(5.0)
+    assert nfe_to_reach(rows, "dmn", 4 * 2 ** 0.5)["nfe"] == pytest.approx(6.0)
+    assert nfe_to_reach(rows, "dmn", 20.0) == {"nfe": 3.0, "bound": "<="}
+    assert nfe_to_reach(rows, "dmn", 0.5) == {"nfe": 10.0, "bound": ">"}
+    read = speedup_reading(rows, at=(3, 5), metric="fd")
+    # NFE 3: the strongest other is dmn (16; indis+sdm is INDIS's own combination and does not count)
+    assert read[0]["peer"] == "dmn" and read[0]["bound"] == "=" and read[0]["peer_nfe"] == pytest.approx(7 - 2 * math.log2(4.1 / 4.0))
+    # NFE 5: gits (2.05) is the strongest; INDIS's 2.1 is crossed between gits's NFE 3 (20) and 5 (2.05)
+    assert read[1]["peer"] == "gits" and 3 < read[1]["peer_nfe"] < 5
+    assert "needs NFE" in speedup_text(read[0]) and "dmn" in speedup_text(read[0])
+    with pytest.raises(ValueError, match="no fd rows"):
+        nfe_to_reach(rows, "sdm", 1.0)
+
+
+def test_versus_strongest_relative_change_and_spread():
+    from indis.bench.quality import versus_strongest
+
+    vs = {v["nfe"]: v for v in versus_strongest(_rows(), "fd")}
+    assert vs[3]["other"] == "dmn" and vs[3]["relative"] == pytest.approx((4.1 - 16) / 16)
+    assert vs[3]["beyond_std"] and vs[3]["ranges_apart"]
+    # NFE 5: indis 2.1 +- 0.1 (2.0..2.2) against gits 2.05: inside the spread
+    assert vs[5]["other"] == "gits" and vs[5]["relative"] == pytest.approx(0.05 / 2.05)
+    assert not vs[5]["beyond_std"] and not vs[5]["ranges_apart"]
+
+
+def test_quality_table_mean_and_spread():
+    from indis.evaluate import quality_table
+
+    t = quality_table(_rows())
+    assert "| indis | 3 | 0.04 ± 0 | 4.1 ± 0.1 | 3 |" in t
+    assert "| dmn | 10 | 0.01 | 1 | 1 |" in t
+    assert t.index("| gits |") < t.index("| dmn |") < t.index("| indis |") < t.index("| indis+sdm |")
+
+
+def test_quality_readings_markdown():
+    from indis.bench.quality import quality_readings
+
+    md = quality_readings(_rows())
+    assert "| 3 | 4.1 ± 0.1 (3 seeds) | dmn: 16 (1 run) | -74% | yes / yes | -35% (FID) |" in md
+    assert "| 5 | 2.1 ± 0.1 (3 seeds) | gits: 2.05 (1 run) | +2% | no / no | -31% (FID) |" in md
+    assert "Speed-up (FD to teacher): INDIS at NFE 3" in md and "dmn, needs NFE 6.9" in md
+
+
+def test_bench_quality_cli_seeds_and_free_nfes(tmp_path, capsys):
+    from indis.cli import main
+
+    out = tmp_path / "q"
+    rc = main(["bench", "--quality", "--quality-backbones", "gmm-image", "--methods", "dmn,god", "--train-seeds", "0,1",
+               "--n-train", "24", "--n-eval", "12", "--steps", "2", "--nfe", "2", "--free-nfes", "3", "--pilots", "4",
+               "--n-select", "8", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    doc = json.load(open(out / "quality_gmm-image.json"))
+    god = next(r for r in doc["rows"] if r["method"] == "god")
+    assert god["n_seeds"] == 2 and len(god["mse_seeds"]) == 2 and "mse_std" in god
+    assert sorted(r["nfe"] for r in doc["rows"] if r["method"] == "dmn") == [2, 3]
+    assert doc["meta"]["best_heuristic"]["3"]["select_n"] == 8
+    assert (out / "quality_vs_nfe.png").stat().st_size > 1000
+    assert "| god | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--quality", "--train-seeds", "0,0", "--out", str(out)])
+    assert "distinct non-negative integers" in capsys.readouterr().err

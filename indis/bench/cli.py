@@ -14,6 +14,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..toy.study import Study, quick_config
 from ..engines.spec import BACKBONE_HELP
 from ..training.cli import load_backbone_spec
+from ..evaluate import quality_table
 from .latency import default_predictor, run_latency, write_report
 from .quality import plot_quality, run_quality
 
@@ -25,6 +26,16 @@ def _ints(s: str):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {s!r}")
     if not v or min(v) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return v
+
+
+def _seeds(s: str):
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {s!r}")
+    if not v or min(v) < 0 or len(set(v)) != len(v):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, got {s!r}")
     return v
 
 
@@ -61,6 +72,13 @@ def add_subparsers(subparsers) -> None:
                         "(gits, dmn, sdm; indis.baselines)")
     p.add_argument("--learned-solvers", type=_names, default=["ipndm"],
                    help="with --quality: solvers GOD/LD3/INDIS are trained through (best on validation), e.g. ipndm,dpmpp_2m,unipc")
+    p.add_argument("--train-seeds", type=_seeds, default=[0],
+                   help="with --quality: training seeds of the learned methods (e.g. 0,1,2); rows give mean ± std over them")
+    p.add_argument("--free-nfes", type=_ints, default=[],
+                   help="with --quality: extra NFEs for the best heuristic and the training-free peers only (e.g. 10)")
+    p.add_argument("--pilots", type=int, default=128, help="with --quality: pilot samples of the training-free peers")
+    p.add_argument("--n-select", type=int, default=None,
+                   help="with --quality: training tuples the best heuristic is chosen on (default all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_bench)
 
@@ -104,15 +122,17 @@ def _run_quality(args) -> int:
             rows = _tree_rows(args, nfes)
             by_backbone["tree (exact)"] = rows
         else:
-            out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, learned_solvers=args.learned_solvers, n_train=args.n_train, n_eval=args.n_eval,
-                              steps=args.steps, results_stem=os.path.join(args.out, f"quality_{spec}"),
-                              plot_dir=args.out, progress=not args.no_progress)
+            out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, learned_solvers=args.learned_solvers,
+                              n_train=args.n_train, n_eval=args.n_eval, steps=args.steps, train_seeds=args.train_seeds,
+                              free_nfes=args.free_nfes, pilots=args.pilots, n_select=args.n_select,
+                              results_stem=os.path.join(args.out, f"quality_{_stem(spec)}"), plot_dir=args.out,
+                              progress=not args.no_progress)
             rows = out["rows"]
             by_backbone[spec] = rows
-        sections.append(_table(spec, rows, nfes))
+        sections.append(f"### {spec}\n\n" + quality_table(rows) + "\n")
     atomic_write_json(os.path.join(args.out, "quality.json"), by_backbone)
     atomic_write_text(os.path.join(args.out, "quality.md"), "\n".join(sections))
-    plot_quality(by_backbone, os.path.join(args.out, "quality_vs_nfe.png"), metric="mse")
+    plot_quality(by_backbone, os.path.join(args.out, "quality_vs_nfe.png"))
     print("\n".join(sections))
     return 0
 
@@ -130,18 +150,5 @@ def _tree_rows(args, nfes):
     return rows
 
 
-def _table(name, rows, nfes) -> str:
-    metrics = [m for m in ("mse", "fd", "fd_data", "kl", "w2") if any(r.get(m) is not None for r in rows)]
-    methods = [m for m in ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm", "indis+sdm+afs")
-               if any(r["method"] == m for r in rows)]
-    out = [f"### {name}", ""]
-    for metric in metrics:
-        out += [f"| {metric} | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|" + "---|" * len(nfes)]
-        for m in methods:
-            vals = []
-            for k in nfes:
-                v = next((r.get(metric) for r in rows if r["method"] == m and r["nfe"] == k), None)
-                vals.append("" if v is None else f"{v:.4g}")
-            out.append(f"| {m} | " + " | ".join(vals) + " |")
-        out.append("")
-    return "\n".join(out)
+def _stem(spec: str) -> str:
+    return spec.replace(":", "_").replace("/", "_")

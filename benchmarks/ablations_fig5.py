@@ -1,9 +1,9 @@
 """Ablations of the paper's Fig. 5 on one backbone and NFE: INDIS, without instance conditioning (phi sees no x_T:
 with an unconditional backbone that is one learned global set, i.e. GOD), without shifts, without scales.
 
-  python benchmarks/ablations_issue4.py --backbone bundled --nfe 5 --work /tmp/indis_q4
+  python benchmarks/ablations_fig5.py --backbone bundled --nfe 5 --work /tmp/indis_quality
 
-Reuses the teacher sets of benchmarks/quality_issue4.py in WORK/<backbone>/ (run that first) and its training
+Reuses the teacher sets of benchmarks/quality_vs_nfe.py in WORK/<backbone>/ (run that first) and its training
 settings; evaluation on the held-out seeds: endpoint MSE and digits-cnn-v1 Fréchet distance to the teacher.
 """
 import argparse
@@ -28,7 +28,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="bundled")
     ap.add_argument("--nfe", type=int, default=5)
-    ap.add_argument("--work", default="/tmp/indis_q4")
+    ap.add_argument("--work", default="/tmp/indis_quality")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
