@@ -11,6 +11,11 @@ Stages (one progress bar over them, with inner bars for the long ones):
   6. latency   median latency per NFE (3, 5, 7) and backend against the backbone-only limit
   7. grid      a PNG comparing heuristic, GOD, INDIS and the teacher at the same seeds
 Writes OUT/quickstart.json, OUT/quality.md, OUT/bench.{json,md}, OUT/latency_vs_nfe.png and OUT/grid.png.
+
+`--backbone bundled-flow` (the class-conditional latent flow model): teacher, training, evaluation and the grid use
+classifier-free guidance (`--cfg-scale`, default the backbone's default_guidance 1.5), Fréchet distances and the grid
+are computed on VAE-decoded samples; export, fast sampler and latency run the conditional model without guidance
+(export folders carry no guidance scale) and the latency table times the VAE decode apart.
 """
 from __future__ import annotations
 

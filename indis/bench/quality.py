@@ -129,6 +129,8 @@ def run_quality(
     bad = [m for m in methods if m not in METHODS and m not in COMPOSITES]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; expected a subset of {', '.join(METHODS + tuple(COMPOSITES))}")
+    if set(heuristic_rows) - set(heuristics):
+        raise ValueError(f"heuristic_rows {sorted(set(heuristic_rows) - set(heuristics))} must be among heuristics {list(heuristics)}")
     seeds_of = _seed_table(train_seeds, methods)
     bb = load_backbone_spec(backbone_spec) if backbone is None else backbone
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
@@ -144,8 +146,6 @@ def run_quality(
     sel_pos = torch.arange(len(tr) if n_select is None else min(int(n_select), len(tr)))
     afs = parse_afs(peer_afs)
     names = tuple(schedule_name_for(bb, h) for h in heuristics)  # "rds" -> "rds:<the backbone's image tokens>"
-    if set(heuristic_rows) - set(heuristics):
-        raise ValueError(f"heuristic_rows {sorted(set(heuristic_rows) - set(heuristics))} must be among heuristics {list(heuristics)}")
     best_any, inits = {}, {}  # per NFE: the best heuristic; per (solver, NFE): the best heuristic under it without AFS
     seed_rows: List[Dict] = []
     models: Dict[str, Dict[int, torch.nn.Module]] = {"best heuristic": {}}
