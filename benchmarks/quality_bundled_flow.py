@@ -8,7 +8,8 @@ as the digits (indis.bench.quality.run_quality):
   grows from 57 to 86, indis/assets/bundled_flow_quality.json); every student uses the same guidance;
 * heuristics uniform / logSNR / polynomial and RDS (FLUX's resolution-dependent shift for the DiT's 16 image tokens,
   indis.schedules.rds_schedule); the best heuristic (over those x `--heuristic-solvers`) is a row, RDS is a row of
-  its own, and GOD / LD3 / INDIS start from the best heuristic under iPNDM;
+  its own, and GOD / LD3 / INDIS start from the best heuristic under iPNDM; god+rds and indis+rds are GOD and
+  INDIS started from RDS instead (the paper's FLUX setting: RDS is the schedule they improve on);
 * INDIS with the class-conditioned phi (the backbone's CondSpec("class", 10)); the paper's Fig. 5 ablations
   (indis-no_instance / -no_shift / -no_scale / -no_cond) at `--ablation-nfe`, against INDIS's own runs there;
 * Fréchet distances with the digits features (indis.metrics.fid) of the VAE-DECODED samples, to the teacher's
@@ -44,7 +45,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
-    ap.add_argument("--methods", nargs="+", default=["god", "ld3", "indis"])
+    ap.add_argument("--methods", nargs="+", default=["god", "ld3", "indis", "god+rds", "indis+rds"])
     ap.add_argument("--heuristic-solvers", nargs="+", default=["ipndm"],
                     help="solvers of the best-heuristic search (run_quality's default is ipndm dpmpp_2m unipc)")
     ap.add_argument("--peer-afs", default="off", help="AFS in the best-heuristic search: off, on, both")

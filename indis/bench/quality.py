@@ -43,6 +43,8 @@ COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders":
 # the paper's Fig. 5 ablations of INDIS (TrainConfig flags): w/o instance, w/o shift, w/o scale, w/o condition
 ABLATIONS = {f"indis-{flag}": {"method": "indis", flag: True} for flag in ("no_instance", "no_shift", "no_scale", "no_cond")}
 COMPOSITES.update(ABLATIONS)
+# learned methods started from FLUX's resolution-dependent shift (the paper's FLUX baseline) instead of the best heuristic
+COMPOSITES.update({"indis+rds": {"method": "indis", "init_schedule": "rds"}, "god+rds": {"method": "god", "init_schedule": "rds"}})
 
 
 def quality_features(bb):
@@ -104,7 +106,8 @@ def run_quality(
     first n_select training tuples (default all), sampled with its solver. GOD/LD3/INDIS are trained through each
     solver of learned_solvers (default iPNDM only), each from the best heuristic under that solver; the one with the
     least validation distance is the row (chosen per seed). AMED-Plugin (amed) is trained on iPNDM.
-    indis-no_instance / -no_shift / -no_scale / -no_cond: the paper's Fig. 5 ablations (ABLATIONS). heuristics may
+    indis-no_instance / -no_shift / -no_scale / -no_cond: the paper's Fig. 5 ablations (ABLATIONS); indis+rds /
+    god+rds: INDIS / GOD started from the rds schedule (flow models; the paper's FLUX baseline). heuristics may
     name "rds" (FLUX's resolution-dependent shift, keyed on the backbone's image_seq_len); heuristic_rows: heuristics
     that also get a row of their own (each with its best solver / AFS on the same training scores). Fréchet
     distances per quality_features (a latent backbone's samples are decoded first).
@@ -187,6 +190,7 @@ def run_quality(
                         val_every=val_every, ckpt_every=100, hidden=64, conv_width=16, val_fraction=val_fraction, seed=s,
                         peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots, cfg_scale=cfg_scale)
             cfg = TrainConfig(**{**opts, **base})
+            cfg.init_schedule = schedule_name_for(bb, cfg.init_schedule)  # "rds" -> "rds:<image tokens>"
             done = _finished(bb, tr, cfg, f"{work}/{tag}", log)
             if done is None and cached_only:
                 log(f"{tag}: not finished in {work}; left out (cached_only)")
