@@ -89,7 +89,7 @@ def run_quality(
     heuristics: Sequence[str] = HEURISTIC_NAMES,
     heuristic_rows: Sequence[str] = (),
     n_select: Optional[int] = None,
-    cfg_scale: float = 1.0,
+    cfg_scale: Optional[float] = None,
     val_fraction: float = 0.2,
     val_every: int = 25,
     backbone=None,
@@ -123,7 +123,8 @@ def run_quality(
     predictor is there with the same training config (an interrupted learned run resumes from its checkpoint);
     its evaluation row is cached beside it (eval.json, keyed by the held-out teacher's fingerprint), so a rerun
     with more methods or seeds only does the new work. backbone: a loaded backbone for backbone_spec (else loaded
-    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones).
+    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones;
+    default: the backbone's `default_guidance`, else 1).
     cached_only: train nothing; rows only for the runs already finished in WORK (what an interrupted job did)."""
     nfes = [int(k) for k in nfes]
     free_nfes = [int(k) for k in free_nfes if int(k) not in nfes]
@@ -136,6 +137,8 @@ def run_quality(
         raise ValueError(f"heuristic_rows {sorted(set(heuristic_rows) - set(heuristics))} must be among heuristics {list(heuristics)}")
     seeds_of = _seed_table(train_seeds, methods)
     bb = load_backbone_spec(backbone_spec) if backbone is None else backbone
+    if cfg_scale is None:  # the backbone's own guidance scale (bundled-flow: 1.5), else none
+        cfg_scale = float(getattr(bb, "default_guidance", 1.0))
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
     t0 = time.time()
     generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=n_train, shard_size=200, cfg_scale=cfg_scale), progress=progress)
