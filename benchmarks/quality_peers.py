@@ -5,11 +5,14 @@ WORK are reused (a restarted job only does the new work).
 
   OMP_NUM_THREADS=1 nohup python benchmarks/quality_peers.py --work /work/q14run/work --out /work/q14run/results > log &
   python benchmarks/quality_peers.py --work ... --out ... --cached-only     # the table of what is finished, no training
+  python benchmarks/quality_peers.py --work ... --out ... --methods sdm,indis --nfe 3 5 --seeds '{"indis": [0, 1]}'
+                                                                            # one call of its own scope (e.g. in parallel)
 
 Writes OUT/quality_peers_<backbone>.{json,md} (and _vs_nfe.png) after every stage; BENCHMARKS.md "Peers" holds the
 numbers of the run on the bundled digits network.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -47,18 +50,27 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=list(range(len(STAGES))))
     ap.add_argument("--cached-only", action="store_true", help="train nothing: the last stage's table of what is finished")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default=None, help="one call instead of the stages: these methods (comma-separated)")
+    ap.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7], help="with --methods: NFEs")
+    ap.add_argument("--free-nfes", type=int, nargs="*", default=[], help="with --methods: free NFEs")
+    ap.add_argument("--seeds", default='{"*": [0]}', help='with --methods: training seeds, JSON {"method": [seeds], "*": [...]}')
+    ap.add_argument("--stem", default=None, help="results stem (default OUT/quality_peers_<backbone>)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"quality_peers_{a.backbone}")
+    stem = a.stem or os.path.join(a.out, f"quality_peers_{a.backbone}")
     stages = [STAGES[-1]] if a.cached_only else [STAGES[i] for i in a.stages]
+    if a.methods:
+        seeds = json.loads(a.seeds)
+        stages = [("one call", tuple(a.nfe), tuple(a.free_nfes), {m: seeds.get(m, seeds.get("*", [0])) for m in a.methods.split(",")})]
     t0 = time.time()
     for label, nfes, free, seeds in stages:
         print(f"=== stage: {label} ({time.time() - t0:.0f} s)", flush=True)
-        out = run_quality(a.backbone, a.work, nfes, methods=PEERS + tuple(seeds), n_train=a.n_train, n_eval=a.n_eval,
+        methods = tuple(seeds) if a.methods else PEERS + tuple(seeds)
+        out = run_quality(a.backbone, a.work, nfes, methods=methods, n_train=a.n_train, n_eval=a.n_eval,
                           steps=a.steps, batch=a.batch, results_stem=stem, progress=False, pilots=a.pilots,
                           train_seeds=dict(seeds, **{"*": (0,)}), free_nfes=free, n_select=a.n_select, val_fraction=0.1,
-                          cached_only=a.cached_only, log=lambda s: print(s, flush=True))
+                          cached_only=a.cached_only, plot_dir=os.path.dirname(stem) or ".", log=lambda s: print(s, flush=True))
         plot_quality({a.backbone: out["rows"]}, stem + "_vs_nfe.png")
         print(open(stem + ".md").read(), flush=True)
     print(f"total {time.time() - t0:.0f} s", flush=True)

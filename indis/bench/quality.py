@@ -220,8 +220,9 @@ def run_quality(
     rows = aggregate_seeds(seed_rows)
     teacher_fd_data = evaluator.teacher_fd_data()
     over = None
-    if "indis" in models:
-        k_plot = nfes[0]
+    if models.get("indis"):  # (cached_only may have INDIS at some NFEs only)
+        have = [k for k in nfes if k in models["indis"]]
+        k_plot = have[0]
         if plot_dir is not None:
             os.makedirs(plot_dir, exist_ok=True)
             pos = torch.arange(min(64, len(ev)))
@@ -230,7 +231,7 @@ def run_quality(
             plot_timesteps(models["indis"][k_plot], x_T, cond, os.path.join(plot_dir, f"{stem}_timesteps_nfe{k_plot}.png"),
                            reference=models["best heuristic"][k_plot].timesteps, title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
         pos = torch.arange(min(64, len(ev)))  # held-out conditions for a conditional backbone
-        over = predictor_overhead(models["indis"][nfes[len(nfes) // 2]], bb, batch=len(pos), cond=ev.batch(pos)[1])
+        over = predictor_overhead(models["indis"][have[len(have) // 2]], bb, batch=len(pos), cond=ev.batch(pos)[1])
     meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
             "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "cfg_scale": cfg_scale,
             "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse", "val_fraction": val_fraction, "val_every": val_every,
