@@ -11,6 +11,11 @@ Stages (one progress bar over them, with inner bars for the long ones):
   6. latency   median latency per NFE (3, 5, 7) and backend against the backbone-only limit
   7. grid      a PNG comparing heuristic, GOD, INDIS and the teacher at the same seeds
 Writes OUT/quickstart.json, OUT/quality.md, OUT/bench.{json,md}, OUT/latency_vs_nfe.png and OUT/grid.png.
+
+`--backbone bundled-flow` (the class-conditional latent flow model): teacher, training, evaluation and the grid use
+classifier-free guidance (`--cfg-scale`, default the backbone's default_guidance 1.5), Fréchet distances and the grid
+are computed on VAE-decoded samples; export, fast sampler and latency run the conditional model without guidance
+(export folders carry no guidance scale) and the latency table times the VAE decode apart.
 """
 from __future__ import annotations
 
@@ -22,10 +27,10 @@ import torch
 
 from .backbones.spec import BACKBONE_HELP, resolve_backbone
 from .bench.latency import BACKENDS, default_predictor, run_latency, write_report
+from .bench.quality import quality_features
 from .evaluate import best_heuristics, evaluate_methods, markdown_table, student_samples
 from .export.pipeline import export_folder
 from .io import atomic_write_json, atomic_write_text
-from .metrics.fid import digits_features
 from .native import native_available
 from .options import HelpFormatter, Switch
 from .sampling.guidance import GuidedBackbone
@@ -47,6 +52,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--steps", type=int, default=150, help="training steps per method")
     p.add_argument("--latency-batch", type=int, default=8, help="batch size of the latency table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance of the teacher and the students (conditional backbones; default: the "
+                        "backbone's default_guidance, 1.5 for bundled-flow, else 1)")
     p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
     p.set_defaults(func=run_quickstart)
 
@@ -104,10 +112,13 @@ def run_quickstart(args) -> int:
     bb = resolve_backbone(args.backbone)
     report["backbone_id"] = bb.backbone_id
     k = args.nfe
+    w = float(args.cfg_scale if args.cfg_scale is not None else getattr(bb, "default_guidance", 1.0))
+    report["cfg_scale"] = w
 
     stage("teacher")
-    generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=args.n_train, shard_size=200), progress=not quiet)
-    generate_teacher(bb, f"{work}/teacher_eval", TeacherConfig(count=args.n_eval, first_seed=1_000_000, shard_size=200), progress=not quiet)
+    generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=args.n_train, shard_size=200, cfg_scale=w), progress=not quiet)
+    generate_teacher(bb, f"{work}/teacher_eval", TeacherConfig(count=args.n_eval, first_seed=1_000_000, shard_size=200, cfg_scale=w),
+                     progress=not quiet)
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
     best = best_heuristics(bb, tr, [k])[k]
     done("teacher")
@@ -116,16 +127,14 @@ def run_quickstart(args) -> int:
     for method, label in (("indis", "INDIS"), ("god", "GOD")):
         stage(f"train {label}")
         cfg = TrainConfig(method=method, nfe=k, steps=args.steps, batch_size=16, lr=5e-3, init_schedule=best["name"],
-                          val_every=25, ckpt_every=50, hidden=64, conv_width=16, val_fraction=0.2, seed=0)
+                          val_every=25, ckpt_every=50, hidden=64, conv_width=16, val_fraction=0.2, seed=0, cfg_scale=w)
         train(bb, tr, cfg, f"{work}/{method}_nfe{k}", resume=True, progress=not quiet)
         models[label], _ = load_predictor(f"{work}/{method}_nfe{k}/predictor.safetensors", bb.backbone_id)
         models[label].eval()
         done(f"train {label}")
 
     stage("evaluate")
-    feats = None
-    if tuple(bb.data_shape) == (1, 16, 16):
-        feats = digits_features
+    feats, _ = quality_features(bb)  # a latent backbone's samples are decoded first
     rows = evaluate_methods(bb, ev, {name: {k: m} for name, m in models.items()}, features=feats)
     quality_md = markdown_table(rows, "mse") + ("\n" + markdown_table(rows, "fd") if feats is not None else "")
     report["quality"] = rows
@@ -155,10 +164,12 @@ def run_quickstart(args) -> int:
     done("latency")
 
     stage("grid")
-    net = GuidedBackbone(bb)
+    net = GuidedBackbone(bb, w)
     pos = torch.arange(min(10, len(ev)))
     grid_rows = {name: student_samples(m, net, ev, positions=pos) for name, m in models.items()}
     grid_rows["teacher (30 steps)"] = ev.x0[pos]
+    if hasattr(bb, "decode"):  # latents -> pixels with the backbone's VAE
+        grid_rows = {name: bb.decode(x) for name, x in grid_rows.items()}
     _grid(grid_rows, os.path.join(out, "grid.png"))
     done("grid")
     bar.close()

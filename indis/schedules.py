@@ -5,6 +5,7 @@ noise) and timesteps[N] = t0 (end). N network calls happen at timesteps[0..N-1].
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict
 
 import torch
@@ -85,14 +86,40 @@ def shifted_uniform(n: int, t0: float, T: float, shift: float = 3.0, dtype=torch
     return _fix_ends(flow_shift(lo + u * (hi - lo), shift), t0, T).to(dtype)
 
 
+# FLUX.1's resolution-dependent shift (Black Forest Labs 2024, the defaults of diffusers' FluxPipeline and its
+# scheduler config): mu is linear in the image sequence length between (256, 0.5) and (4096, 1.15)
+RDS_BASE_SEQ_LEN, RDS_MAX_SEQ_LEN, RDS_BASE_SHIFT, RDS_MAX_SHIFT = 256, 4096, 0.5, 1.15
+
+
+def rds_mu(seq_len: int, base_seq_len: int = RDS_BASE_SEQ_LEN, max_seq_len: int = RDS_MAX_SEQ_LEN,
+           base_shift: float = RDS_BASE_SHIFT, max_shift: float = RDS_MAX_SHIFT) -> float:
+    """FLUX's `calculate_shift` (as diffusers' FluxPipeline computes mu): mu = base_shift + (seq_len - base_seq_len)
+    (max_shift - base_shift) / (max_seq_len - base_seq_len), extrapolated linearly outside [base, max]."""
+    if int(seq_len) < 1:
+        raise ValueError(f"the image sequence length must be a positive integer, got {seq_len}")
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return float(base_shift + m * (int(seq_len) - base_seq_len))
+
+
+def rds_schedule(n: int, t0: float, T: float, seq_len: int | None = None, dtype=torch.float64, **kw) -> Tensor:
+    """RDS, the resolution-dependent shift schedule of SD3/FLUX (Esser et al. 2024, "Scaling Rectified Flow
+    Transformers", Sec. 5.3.2; FLUX.1): uniform times shifted by FLUX's exponential time shift with mu = rds_mu(seq_len),
+    t' = e^mu / (e^mu + (1/t - 1)), which is flow_shift with s = e^mu. seq_len is the transformer's image token count
+    (latent height x width / patch^2); name form "rds:SEQ_LEN" in get_schedule. Only for flow processes."""
+    if seq_len is None:
+        raise ValueError("the rds schedule needs the image sequence length: name it rds:SEQ_LEN (e.g. rds:4096 for a "
+                         "1024x1024 FLUX image) or pass seq_len=")
+    return shifted_uniform(n, t0, T, shift=math.exp(rds_mu(seq_len, **kw)), dtype=dtype)
+
+
 HEURISTICS: Dict[str, Callable] = {
     "uniform": lambda p, n, t0, T, **kw: uniform_t(n, t0, T),
     "logsnr": lambda p, n, t0, T, **kw: uniform_logsnr(p, n, t0, T),
     "polynomial": lambda p, n, t0, T, **kw: polynomial(p, n, t0, T, **kw),
     "quadratic": lambda p, n, t0, T, **kw: time_quadratic(n, t0, T),
     "flow_shift": lambda p, n, t0, T, **kw: shifted_uniform(n, t0, T, **kw),
+    "rds": lambda p, n, t0, T, **kw: rds_schedule(n, t0, T, **kw),
 }
-SCHEDULE_NAMES = tuple(HEURISTICS)  # every name get_schedule accepts
 
 
 # names the ecosystem uses for the same schedules: name -> (schedule, its fixed keyword arguments).
@@ -101,13 +128,38 @@ SCHEDULE_NAMES = tuple(HEURISTICS)  # every name get_schedule accepts
 ALIASES: Dict[str, tuple] = {
     "karras": ("polynomial", {"rho": 7.0}),
 }
-SCHEDULE_NAMES = tuple(HEURISTICS) + tuple(ALIASES)  # every name get_schedule accepts
+
+
+class _ScheduleNames(tuple):
+    """The schedule names, as CLI choices: also contains the parameterised forms ("rds:16") of its names."""
+
+    def __contains__(self, name) -> bool:
+        try:
+            return tuple.__contains__(self, split_schedule_name(name)[0])
+        except (ValueError, TypeError):
+            return False
+
+
+SCHEDULE_NAMES = _ScheduleNames(tuple(HEURISTICS) + tuple(ALIASES))  # every name get_schedule accepts (and rds:SEQ_LEN)
+
+
+def split_schedule_name(name: str):
+    """"rds:16" -> ("rds", {"seq_len": 16}); any other name -> (name, {})."""
+    base, sep, arg = str(name).partition(":")
+    if base == "rds" and sep:
+        try:
+            return base, {"seq_len": int(arg)}
+        except ValueError:
+            raise ValueError(f"bad schedule name {name!r}: expected rds:SEQ_LEN with an integer image sequence length") from None
+    return name, {}
 
 
 def get_schedule(name: str, process, n: int, t0: float | None = None, T: float | None = None, **kwargs) -> Tensor:
-    """A heuristic schedule by name (uniform, logsnr, polynomial, quadratic, flow_shift; karras = polynomial with
-    rho 7), float64, decreasing."""
+    """A heuristic schedule by name (uniform, logsnr, polynomial, quadratic, flow_shift, rds:SEQ_LEN; karras =
+    polynomial with rho 7), float64, decreasing."""
     process = get_process(process)
+    name, extra = split_schedule_name(name)
+    kwargs = {**extra, **kwargs}
     if name in ALIASES:
         target, fixed = ALIASES[name]
         clash = {k: v for k, v in kwargs.items() if k in fixed and v != fixed[k]}

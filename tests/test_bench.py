@@ -96,6 +96,25 @@ def test_bench_one_records_a_failing_backend_and_cross_checks(monkeypatch):
         bench_one(setup, ["broken"], warmup=1, reps=20)
 
 
+def test_latency_times_a_latent_backbones_decode_apart(tmp_path):
+    """A backbone with `decode` (a latent model's VAE) gets decode_ms per row, timed in the same rotation and not
+    part of the sampler's latency; the report has its own decode table. Backbones without decode have neither."""
+    bb = _bb()
+    calls = []
+
+    def decode(z):
+        calls.append(z.shape[0])
+        return z * 2
+    bb.decode = decode
+    rep = run_latency(bb, nfes=[2], batches=[3], backends=["torch"], reps=20, warmup=1, progress=False)
+    (row,) = rep["rows"]
+    assert row["decode_ms"] > 0 and calls and set(calls) == {3}
+    md = open(write_report(rep, str(tmp_path))["md"]).read()
+    assert "VAE decode" in md and "| torch | 2 | 3 |" in md
+    plain = run_latency(_bb(), nfes=[2], batches=[3], backends=["torch"], reps=20, warmup=1, progress=False)
+    assert "decode_ms" not in plain["rows"][0]
+
+
 def _rows():
     from indis.bench.quality import aggregate_seeds
 

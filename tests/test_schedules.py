@@ -11,7 +11,8 @@ from helpers import ALL_PROCESSES
 @pytest.mark.parametrize("n", [1, 3, 10])
 def test_heuristics_are_valid(name, sched, n):
     p = get_process(name)
-    if sched == "flow_shift" and p.T >= 1:
+    sched = "rds:16" if sched == "rds" else sched  # RDS is keyed on the image sequence length
+    if sched in ("flow_shift", "rds:16") and p.T >= 1:
         with pytest.raises(ValueError, match="flow shift"):
             get_schedule(sched, p, n)
         return
@@ -46,3 +47,48 @@ def test_bad_input():
         get_schedule("uniform", "edm", 5, t0=1.0, T=0.5)
     with pytest.raises(ValueError, match="valid range"):
         get_schedule("uniform", "flow", 5, T=1.5)
+
+
+def test_rds_is_fluxs_resolution_dependent_shift():
+    """RDS: mu linear in the image sequence length between (256, 0.5) and (4096, 1.15) as diffusers' FluxPipeline
+    calculate_shift, then FLUX's exponential time shift e^mu / (e^mu + (1/t - 1)) of a uniform grid."""
+    import math
+
+    from indis.schedules import rds_mu, shifted_uniform
+
+    assert rds_mu(256) == pytest.approx(0.5) and rds_mu(4096) == pytest.approx(1.15)
+    assert rds_mu(16) == pytest.approx(0.5 - 240 * 0.65 / 3840)
+    p = get_process("flow")
+    ts = get_schedule("rds:4096", p, 6)
+    mu = rds_mu(4096)
+    # the interior points: FLUX's time shift applied to the unshifted uniform grid
+    inv = lambda y: y / (math.exp(mu) - (math.exp(mu) - 1) * y)
+    lo, hi = inv(p.t0), inv(p.T)
+    u = torch.linspace(1.0, 0.0, 7, dtype=torch.float64)
+    g = lo + u * (hi - lo)
+    ref = math.exp(mu) / (math.exp(mu) + (1 / g - 1))
+    assert torch.allclose(ts, ref, atol=1e-12) and ts[0] == p.T and ts[-1] == p.t0
+    assert torch.equal(ts, shifted_uniform(6, p.t0, p.T, shift=math.exp(mu)))
+    # more tokens shift towards noise: every interior time grows with the sequence length
+    assert (get_schedule("rds:4096", p, 6)[1:-1] > get_schedule("rds:16", p, 6)[1:-1]).all()
+    with pytest.raises(ValueError, match="image sequence length"):
+        get_schedule("rds", p, 5)
+    with pytest.raises(ValueError, match="rds:SEQ_LEN"):
+        get_schedule("rds:big", p, 5)
+
+
+def test_rds_heuristic_reads_the_backbones_sequence_length():
+    from indis.backbones.base import CondSpec
+    from indis.sampling.fixed import heuristic, schedule_name_for
+
+    class Tokens:
+        process, data_shape, cond_spec, image_seq_len = get_process("flow"), (4, 8, 8), CondSpec(), 16
+
+    assert schedule_name_for(Tokens(), "rds") == "rds:16" and schedule_name_for(Tokens(), "uniform") == "uniform"
+    assert torch.equal(heuristic(Tokens(), "rds", 5).timesteps, get_schedule("rds:16", "flow", 5))
+
+    class NoTokens:
+        process, data_shape, cond_spec = get_process("flow"), (4, 8, 8), CondSpec()
+
+    with pytest.raises(ValueError, match="image_seq_len"):
+        heuristic(NoTokens(), "rds", 5)

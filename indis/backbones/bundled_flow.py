@@ -21,8 +21,9 @@ digits (indis.data.digits: 16x16, the same 1500-image train split; the 297 held-
 Saved as a diffusers pipeline folder (indis/assets/bundled_flow: model_index.json naming `DiTPipeline` with
 id2label, transformer/, vae/, scheduler/) that `diffusers.DiffusionPipeline.from_pretrained(folder)` loads. Note
 that DiTPipeline.__call__ itself cannot run a FlowMatchEulerDiscreteScheduler (it calls scale_model_input,
-which that scheduler lacks) and uses ImageNet's null class 1000: sample with `sample_latents` here or through
-INDIS (`BundledFlowBackbone`, backbone spec `bundled-flow`).
+which that scheduler lacks) and uses ImageNet's null class 1000: sample the loaded pipeline object with
+`indis.pipelines.IndisPipeline.from_pipe(pipe, predictor)` (the diffusers adapter's `dit` family), with
+`sample_latents` here, or through INDIS (`BundledFlowBackbone`, backbone spec `bundled-flow`).
 
 Training (`train_bundled_flow`, CLI `indis train-flow-backbone`) is resumable: atomic training-state
 checkpoints per stage (vae_state.pt, flow_state.pt, with RNG states) and the finished VAE (vae_final.pt); it is
@@ -49,7 +50,7 @@ from ..sampling.guidance import GuidedBackbone
 from ..solvers import sample
 from .base import Backbone, CondSpec, parse_dtype
 from .bundled import ASSETS_DIR, ema_update, save_grid, warmup_lr
-from .diffusers import require_diffusers
+from .diffusers import dit_class_labels, require_diffusers
 from .flow import default_timesteps
 
 Tensor = torch.Tensor
@@ -124,6 +125,10 @@ class BundledFlowBackbone(Backbone):
     condition (the null condition of indis.training.teacher.GuidedBackbone) selects the DiT's null class, so
     GuidedBackbone gives classifier-free guidance. `decode(latents)` maps latents to 16x16 pixels in [-1, 1]."""
 
+    #: the guidance scale the quickstart and benchmarks use by default: the class accuracy of 50-step samples rises from
+    #: 95.0% unguided to 99.5% at 1.5 while their FD to held-out digits grows from 57 to 86 (bundled_flow_quality.json)
+    default_guidance = 1.5
+
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, shift: float = 1.0,
                  t0: float = 0.002, T: float = 0.988, timestep_scale: float = 1000.0):
         require_diffusers()
@@ -170,14 +175,18 @@ class BundledFlowBackbone(Backbone):
                    timestep_scale=self.timestep_scale, null_class=self.null_class)
         return cfg
 
+    @property
+    def image_seq_len(self) -> int:
+        """The DiT's image token count (latent height x width / patch^2): the sequence length of the RDS schedule."""
+        c = self.transformer.config
+        return int((c.sample_size // c.patch_size) ** 2)
+
     def default_timesteps(self, n: int) -> Tensor:
         return default_timesteps(n, self.shift, self.process.t0, self.process.T)
 
     def labels(self, cond: Optional[Tensor], batch: int, device) -> Tensor:
         """Class indices for the DiT: argmax of a one-hot row, the null class for an all-zero row (or no cond)."""
-        if cond is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return torch.where(cond.abs().sum(1) > 0.5, cond.argmax(1), torch.full_like(cond.argmax(1), self.null_class))
+        return dit_class_labels(cond, self.null_class, batch, device)
 
     def predict(self, x, t, cond):
         dtype = next(self.transformer.parameters()).dtype

@@ -39,7 +39,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..processes import VPLinearProcess, _bcast, get_process
-from ..schedules import get_schedule, shifted_uniform
+from ..schedules import get_schedule, rds_mu, shifted_uniform
 from .base import Backbone, CondSpec
 
 Tensor = torch.Tensor
@@ -129,8 +129,7 @@ def flow_shift(cfg: Dict, image_seq_len: int) -> float:
     base_shift, max_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
     base_shift = 0.5 if base_shift is None else float(base_shift)
     max_shift = 1.15 if max_shift is None else float(max_shift)
-    m = (max_shift - base_shift) / (max_len - base_len)
-    mu = base_shift + m * (image_seq_len - base_len)
+    mu = rds_mu(image_seq_len, base_len, max_len, base_shift, max_shift)
     return mu if cfg.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
 
 
@@ -307,6 +306,8 @@ def _family_defaults(model: torch.nn.Module, vae=None, kind: Optional[str] = Non
         out["data_shape"] = (int(get("in_channels")), int(h), int(w))
     if kind == "unet" and get("num_class_embeds") and get("class_embed_type") is None:
         out["n_classes"] = int(get("num_class_embeds"))  # an embedding table of class labels
+    if kind == "dit":  # DiT's label table has num_embeds_ada_norm classes + its null class
+        out["n_classes"] = int(get("num_embeds_ada_norm") or 0)
     if kind == "transformer":  # SD3: CLIP-L/G (77 tokens) + T5 (256 tokens) joint sequence, pooled CLIP-L+G
         out.update(text_seq_len=77 + 256, text_dim=int(get("joint_attention_dim")),
                    pooled_dim=int(get("pooled_projection_dim")))
@@ -369,6 +370,8 @@ def _image_tokens(model: torch.nn.Module, kind: str, data_shape: Sequence[int]) 
 #: how the adapter calls each family of denoisers (DiffusersAdapter.predict)
 KINDS = {
     "unet": "UNet2DModel: model(x, t, class_labels=)",
+    "dit": "DiTTransformer2DModel: model(x, timestep=, class_labels=), the all-zero condition = its null class "
+           "(num_embeds_ada_norm); a learned-sigma output's variance half is dropped",
     "unet_text": "UNet2DConditionModel (SD 1.x/2.x; SDXL with added text_embeds/time_ids): model(x, t, encoder_hidden_states=)",
     "transformer": "SD3Transformer2DModel: model(hidden_states=, timestep=, encoder_hidden_states=, pooled_projections=)",
     "flux": "FluxTransformer2DModel: 2x2-packed latents, img_ids/txt_ids, guidance embedding, timestep = sigma",
@@ -388,11 +391,23 @@ def _model_kind(model: torch.nn.Module) -> str:
         return "flux"
     if "ltxvideo" in cname:
         return "video"
+    if "dittransformer" in cname:
+        return "dit"
     if "transformer" in cname:
         return "transformer"
     if "unet" in cname:
         return "unet_text" if "condition" in cname else "unet"
     raise ValueError(f"cannot tell which kind of denoiser {type(model).__name__} is; pass kind= (one of {sorted(KINDS)})")
+
+
+def dit_class_labels(cond: Optional[Tensor], null_class: int, batch: int, device) -> Tensor:
+    """A DiT's class indices from an INDIS class condition: the argmax of a one-hot row, the null class (index
+    num_embeds_ada_norm of its label table, classifier-free guidance's unconditional input) for an all-zero row or
+    no condition."""
+    if cond is None:
+        return torch.full((batch,), int(null_class), dtype=torch.long, device=device)
+    arg = cond.argmax(1)
+    return torch.where(cond.abs().sum(1) > 0.5, arg, torch.full_like(arg, int(null_class)))
 
 
 def _is_sdxl(model: torch.nn.Module) -> bool:
@@ -465,6 +480,9 @@ class DiffusersAdapter(Backbone):
                 raise ValueError(f"{type(model).__name__} takes no text condition (text conditioning needs a "
                                  "UNet2DConditionModel or an SD3 / FLUX transformer); it takes class labels (n_classes) "
                                  "or nothing")
+            if kind == "dit" and n_classes < 1:
+                raise ValueError(f"a {type(model).__name__} adapter needs its classes (n_classes = the config's "
+                                 "num_embeds_ada_norm >= 1)")
             cond = CondSpec("class", n_classes) if n_classes else CondSpec()
         if kind == "video":
             pt, ps = video_patch(getattr(model, "config", None))
@@ -685,6 +703,12 @@ class DiffusersAdapter(Backbone):
         finally:
             flux_module.apply_rotary_emb = original
 
+    @property
+    def image_seq_len(self) -> int:
+        """The model's image token count for its latent shape (what FLUX's resolution-dependent shift, the rds
+        schedule, is keyed on)."""
+        return _image_tokens(self.model, self.kind, self.data_shape)
+
     def default_timesteps(self, n: int) -> Tensor:
         return default_schedule(self.process, n, self.shift)
 
@@ -706,6 +730,10 @@ class DiffusersAdapter(Backbone):
         if self.kind == "unet":
             kw = {} if cond is None else {"class_labels": cond.argmax(1)}
             out = self.model(xin, ts, return_dict=False, **kw)[0]
+        elif self.kind == "dit":
+            y = dit_class_labels(cond, self.n_classes, b, x.device)
+            out = self.model(xin, timestep=ts, class_labels=y, return_dict=False)[0]
+            out = out[:, : x.shape[1]]  # DiT-XL's learned sigma: the second half of the channels is the variance
         elif self.kind == "unet_text":
             ehs, pooled = self._text(cond, dtype)
             kw = {}

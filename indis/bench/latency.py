@@ -5,6 +5,8 @@ For each (NFE, batch) and each backend that is available:
   backbone_only  N calls of the backend's own backbone runtime (torch for torch/native, ONNX Runtime for ort,
                  TensorRT for trt) on the same batch, nothing else: the limit that backend can reach;
   predictor      the backend's phi(x_T) alone, and its share of the whole latency;
+  decode         a latent backbone's (one with `decode`, e.g. bundled-flow) VAE decode of the batch, timed apart in
+                 the same rotation and not part of the latency (the sampler's output is latents);
   peak memory    CUDA: torch.cuda.max_memory_allocated over the backend's runs; CPU: the process's peak
                  resident set size (ru_maxrss, process-wide and monotone, so it only says how large the
                  process got).
@@ -280,9 +282,10 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                     torch.cuda.reset_peak_memory_stats(s.device)
                 backbone_only = (limit[0](x_T, t, cond, s.nfe) if limit
                                  else (lambda: [net(x_T, t, cond) for _ in range(s.nfe)]))
-                times = time_interleaved({"backbone_only": backbone_only,
-                                          "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)},
-                                         s.device, warmup, reps)
+                fns = {"backbone_only": backbone_only, "predictor": lambda: phi(x_T, cond), "run": lambda: run(x_T, cond)}
+                if hasattr(bb, "decode"):  # a latent backbone: its VAE decode of the batch, timed apart (not in "run")
+                    fns["decode"] = lambda: bb.decode(x_T)
+                times = time_interleaved(fns, s.device, warmup, reps)
                 x0 = run(x_T, cond).float()
             except Exception as e:  # noqa: BLE001
                 failed(e)
@@ -299,6 +302,8 @@ def bench_one(s: BenchSetup, backends: Sequence[str], warmup: int = 3, reps: int
                        backbone_only_ms=backbone_only, predictor_ms=predictor,
                        ratio_to_backbone_only=med / backbone_only, predictor_share=predictor / med,
                        peak_memory_mb=_peak_memory_mb(s.device), reps=reps, warmup=warmup)
+            if "decode" in times:
+                row.update(decode_ms=_quantile(times["decode"], 0.5))
             rows.append(row)
     return rows
 
@@ -345,6 +350,12 @@ def markdown(report: Dict) -> str:
             f"{r['latency_ms_p90']:.3g} | {r['backbone_only_ms']:.3g} | {r['ratio_to_backbone_only']:.3f} | "
             f"{r['predictor_ms']:.3g} | {100 * r['predictor_share']:.2f}% | {r['peak_memory_mb']:.0f} |"
         )
+    decode = [r for r in report["rows"] if "decode_ms" in r]
+    if decode:
+        lines += ["", "VAE decode of the batch (latent backbone), timed apart, not in the latency above:", "",
+                  "| backend | NFE | batch | decode median ms | decode / sampler latency |", "|---|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['nfe']} | {r['batch']} | {r['decode_ms']:.3g} | {r['decode_ms'] / r['latency_ms_median']:.3f} |"
+                  for r in decode]
     return "\n".join(lines) + "\n"
 
 

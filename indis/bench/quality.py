@@ -28,6 +28,7 @@ from ..data.digits import load_digits_split
 from ..evaluate import QUALITY_LABELS, QUALITY_ORDER, evaluate_methods, plot_timesteps, predictor_overhead, quality_table
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics.fid import digits_features, frechet_distance
+from ..sampling.fixed import schedule_name_for
 from ..sampling.guidance import GuidedBackbone
 from ..schedules import get_schedule
 from ..sampling.load import load_predictor
@@ -39,6 +40,30 @@ Tensor = torch.Tensor
 # trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
 COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
               "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
+# the paper's Fig. 5 ablations of INDIS (TrainConfig flags): w/o instance, w/o shift, w/o scale, w/o condition
+ABLATIONS = {f"indis-{flag}": {"method": "indis", flag: True} for flag in ("no_instance", "no_shift", "no_scale", "no_cond")}
+COMPOSITES.update(ABLATIONS)
+# learned methods started from FLUX's resolution-dependent shift (the paper's FLUX baseline) instead of the best heuristic
+COMPOSITES.update({"indis+rds": {"method": "indis", "init_schedule": "rds"}, "god+rds": {"method": "god", "init_schedule": "rds"}})
+
+
+def quality_features(bb):
+    """The features for Fréchet distances (indis.metrics.fid's digits features), or None: for 1x16x16 digits
+    backbones, and for a latent backbone whose `decode` gives 1x16x16 digits (its latents are decoded first; pixel
+    images, such as the held-out real digits, are used as they are)."""
+    if tuple(bb.data_shape) == (1, 16, 16):
+        return digits_features
+    if not hasattr(bb, "decode"):
+        return None
+    with torch.no_grad():
+        if tuple(bb.decode(torch.zeros(1, *bb.data_shape)).shape[1:]) != (1, 16, 16):
+            return None
+    latent = tuple(bb.data_shape)
+
+    def features(x: Tensor) -> Tensor:
+        return digits_features(bb.decode(x) if tuple(x.shape[1:]) == latent else x)
+
+    return features
 
 
 def run_quality(
@@ -62,8 +87,9 @@ def run_quality(
     train_seeds: Union[Sequence[int], Dict[str, Sequence[int]]] = (0,),
     free_nfes: Sequence[int] = (),
     heuristics: Sequence[str] = HEURISTIC_NAMES,
+    heuristic_rows: Sequence[str] = (),
     n_select: Optional[int] = None,
-    cfg_scale: float = 1.0,
+    cfg_scale: Optional[float] = None,
     val_fraction: float = 0.2,
     val_every: int = 25,
     backbone=None,
@@ -80,6 +106,11 @@ def run_quality(
     first n_select training tuples (default all), sampled with its solver. GOD/LD3/INDIS are trained through each
     solver of learned_solvers (default iPNDM only), each from the best heuristic under that solver; the one with the
     least validation distance is the row (chosen per seed). AMED-Plugin (amed) is trained on iPNDM.
+    indis-no_instance / -no_shift / -no_scale / -no_cond: the paper's Fig. 5 ablations (ABLATIONS); indis+rds /
+    god+rds: INDIS / GOD started from the rds schedule (flow models; the paper's FLUX baseline). heuristics may
+    name "rds" (FLUX's resolution-dependent shift, keyed on the backbone's image_seq_len); heuristic_rows: heuristics
+    that also get a row of their own (each with its best solver / AFS on the same training scores). Fréchet
+    distances per quality_features (a latent backbone's samples are decoded first).
 
     train_seeds: the training seeds of the learned methods (a list, or {method: list} with "*" as the default); a
     seed drives the predictor's initialisation, the train/validation split and the data order. The training-free
@@ -92,7 +123,8 @@ def run_quality(
     predictor is there with the same training config (an interrupted learned run resumes from its checkpoint);
     its evaluation row is cached beside it (eval.json, keyed by the held-out teacher's fingerprint), so a rerun
     with more methods or seeds only does the new work. backbone: a loaded backbone for backbone_spec (else loaded
-    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones).
+    from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones;
+    default: the backbone's `default_guidance`, else 1).
     cached_only: train nothing; rows only for the runs already finished in WORK (what an interrupted job did)."""
     nfes = [int(k) for k in nfes]
     free_nfes = [int(k) for k in free_nfes if int(k) not in nfes]
@@ -101,8 +133,12 @@ def run_quality(
     bad = [m for m in methods if m not in METHODS and m not in COMPOSITES]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; expected a subset of {', '.join(METHODS + tuple(COMPOSITES))}")
+    if set(heuristic_rows) - set(heuristics):
+        raise ValueError(f"heuristic_rows {sorted(set(heuristic_rows) - set(heuristics))} must be among heuristics {list(heuristics)}")
     seeds_of = _seed_table(train_seeds, methods)
     bb = load_backbone_spec(backbone_spec) if backbone is None else backbone
+    if cfg_scale is None:  # the backbone's own guidance scale (bundled-flow: 1.5), else none
+        cfg_scale = float(getattr(bb, "default_guidance", 1.0))
     work = os.path.join(work, backbone_spec.replace(":", "_").replace("/", "_"))
     t0 = time.time()
     generate_teacher(bb, f"{work}/teacher_train", TeacherConfig(count=n_train, shard_size=200, cfg_scale=cfg_scale), progress=progress)
@@ -115,13 +151,14 @@ def run_quality(
     all_nfes = sorted(set(nfes) | set(free_nfes))
     sel_pos = torch.arange(len(tr) if n_select is None else min(int(n_select), len(tr)))
     afs = parse_afs(peer_afs)
+    names = tuple(schedule_name_for(bb, h) for h in heuristics)  # "rds" -> "rds:<the backbone's image tokens>"
     best_any, inits = {}, {}  # per NFE: the best heuristic; per (solver, NFE): the best heuristic under it without AFS
     seed_rows: List[Dict] = []
     models: Dict[str, Dict[int, torch.nn.Module]] = {"best heuristic": {}}
     for k in all_nfes:
-        info = _cached_json(f"{work}/best_heuristic_nfe{k}.json", {"teacher": tr.fingerprint, "n": len(sel_pos), "names": list(heuristics),
+        info = _cached_json(f"{work}/best_heuristic_nfe{k}.json", {"teacher": tr.fingerprint, "n": len(sel_pos), "names": list(names),
                                                                     "solvers": list(heuristic_solvers), "afs": list(afs)},
-                            lambda: best_heuristic(bb, tr, k, tuple(heuristics), tuple(heuristic_solvers), afs, positions=sel_pos)[1])
+                            lambda: best_heuristic(bb, tr, k, names, tuple(heuristic_solvers), afs, positions=sel_pos)[1])
         best_any[k] = info
         for sol in heuristic_solvers:
             plain = [r for r in info["scores"] if r["solver"] == sol and not r["afs"]]
@@ -129,6 +166,11 @@ def run_quality(
         model = _heuristic_schedule(net, info["name"], k, info["solver"], info["afs"])
         models["best heuristic"][k] = model
         seed_rows.append(evaluator.row(f"{work}/best_heuristic_nfe{k}.eval.json", "best heuristic", k, model, seed=None))
+        for h in heuristic_rows:  # a named heuristic as its own row (e.g. rds), with its best solver / AFS on the same scores
+            sc = min((r for r in info["scores"] if r["name"] == schedule_name_for(bb, h)), key=lambda r: r["mse"])
+            hm = _heuristic_schedule(net, sc["name"], k, sc["solver"], sc["afs"])
+            models.setdefault(h, {})[k] = hm
+            seed_rows.append(evaluator.row(f"{work}/heuristic_{h}_nfe{k}.eval.json", h, k, hm, seed=None))
     train_info = {}
     first = min(s for v in seeds_of.values() for s in v)
     jobs = []  # seed-major: every method's first seed before any second seed
@@ -151,6 +193,7 @@ def run_quality(
                         val_every=val_every, ckpt_every=100, hidden=64, conv_width=16, val_fraction=val_fraction, seed=s,
                         peer_solvers=",".join(heuristic_solvers), peer_afs=peer_afs, pilots=pilots, cfg_scale=cfg_scale)
             cfg = TrainConfig(**{**opts, **base})
+            cfg.init_schedule = schedule_name_for(bb, cfg.init_schedule)  # "rds" -> "rds:<image tokens>"
             done = _finished(bb, tr, cfg, f"{work}/{tag}", log)
             if done is None and cached_only:
                 log(f"{tag}: not finished in {work}; left out (cached_only)")
@@ -187,7 +230,8 @@ def run_quality(
             stem = os.path.basename(results_stem) if results_stem else f"quality_{backbone_spec}"
             plot_timesteps(models["indis"][k_plot], x_T, cond, os.path.join(plot_dir, f"{stem}_timesteps_nfe{k_plot}.png"),
                            reference=models["best heuristic"][k_plot].timesteps, title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
-        over = predictor_overhead(models["indis"][have[len(have) // 2]], bb, batch=64)
+        pos = torch.arange(min(64, len(ev)))  # held-out conditions for a conditional backbone
+        over = predictor_overhead(models["indis"][have[len(have) // 2]], bb, batch=len(pos), cond=ev.batch(pos)[1])
     meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
             "teacher": "ipndm 30 steps, polynomial rho=7, float64 state", "cfg_scale": cfg_scale,
             "train": {"steps": steps, "batch": batch, "lr": lr, "loss": "mse", "val_fraction": val_fraction, "val_every": val_every,
@@ -440,7 +484,7 @@ class _Evaluator:
 
     def __init__(self, bb, ev, net, log):
         self.bb, self.ev, self.net, self.log = bb, ev, net, log
-        self.feats = digits_features if tuple(bb.data_shape) == (1, 16, 16) else None
+        self.feats = quality_features(bb)  # a latent backbone's samples are decoded first
         self._data = None
 
     def data(self):

@@ -33,6 +33,19 @@ class FixedDiscretization(nn.Module):
         return Discretization(ts, torch.zeros_like(ts[:, :-1]), torch.ones_like(ts[:, :-1]))
 
 
+def schedule_name_for(backbone, name: str) -> str:
+    """A heuristic's full name for this backbone: plain "rds" becomes "rds:SEQ_LEN" with the backbone's
+    `image_seq_len` (its transformer's image token count); other names are returned as they are."""
+    if name != "rds":
+        return name
+    seq = getattr(backbone, "image_seq_len", None)
+    if seq is None:
+        raise ValueError(f"the rds schedule needs the image sequence length and {type(backbone).__name__} has no "
+                         "image_seq_len: name it rds:SEQ_LEN")
+    return f"rds:{int(seq)}"
+
+
 def heuristic(backbone, name: str, nfe: int) -> FixedDiscretization:
     param = DiscretizationParam(backbone.process, nfe, b_dtau=0.0, b_gamma=0.0)
-    return FixedDiscretization(param, get_schedule(name, backbone.process, nfe), backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
+    ts = get_schedule(schedule_name_for(backbone, name), backbone.process, nfe)
+    return FixedDiscretization(param, ts, backbone.data_shape, getattr(backbone, "cond_spec", CondSpec()))
