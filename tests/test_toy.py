@@ -131,3 +131,42 @@ def test_learned_backbone_is_a_flow_velocity_backbone(tmp_path):
     assert info2["cached"] and a.backbone_id == b.backbone_id  # cached, and the same weights
     c, _ = load_or_train(cfg, cache_dir=tmp_path / "again", progress=False)
     assert c.backbone_id == a.backbone_id  # training is deterministic given the seed
+
+
+def test_predictor_share_formula_and_quick_run(tmp_path):
+    from dataclasses import asdict
+
+    from indis.toy.recipe import Recipe, ShareRunner, make_phi, quick_share_config, share, sweep_table
+    from indis.toy.study import lr_lambda, phi_loss
+
+    assert share(1.0, 1.0, 0.5) == 0.0 and share(1.0, 0.5, 0.5) == 1.0 and share(1.0, 1.2, 0.6) == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="not below GOD"):
+        share(0.5, 0.4, 0.6)
+    with pytest.raises(ValueError, match="features"):
+        Recipe(features="raw").check()
+    with pytest.raises(ValueError, match="schedule"):
+        lr_lambda("step", 10)
+    f = lr_lambda("warmup_cosine", 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
+    assert phi_loss(torch.tensor([1.0, math.e]), "log_mse").item() == pytest.approx(0.5)
+
+    torch.set_num_threads(1)
+    cfg = quick_share_config(seeds=(0,), num_fit=16, num_heldout=16, max_train=200)
+    r = ShareRunner(cfg, tmp_path, log=lambda *a: None)
+    ref = r.references(3)
+    for sp in ("fit", "heldout"):  # the per-prior oracle keeps its best iterate: never above GOD
+        assert ref[f"oracle_full_{sp}"] < ref[f"god_{sp}"] < ref[f"global_{sp}"]
+    p0, p1 = r.params(3)
+    for feats in ("norm", "polar", "fourier"):  # an untrained phi reproduces its initial schedule exactly
+        phi = make_phi(p1, Recipe(features=feats), ref["god"], 0)
+        assert r.mse(lambda z: phi(z, None), "fit") == pytest.approx(ref["god_fit"], rel=1e-6)
+    base = Recipe(iters=10, full_iters=10, batch=32, num_train=200)
+    rows = r.run_recipe(base, "baseline", "b")
+    rows += r.run_recipe(Recipe(**{**asdict(base), "full_init": "god", "features": "polar"}), "init", "god")
+    for row in rows:
+        for sp in ("fit", "heldout"):
+            assert row[f"share_{sp}"] == pytest.approx(share(ref[f"god_{sp}"], row[f"mse_{sp}"], ref[f"oracle_full_{sp}"]))
+    again = ShareRunner(cfg, tmp_path, log=lambda *a: None)  # resumes: same numbers, nothing retrained
+    assert again.run(base, 0, 3, "baseline", "b") == rows[0]
+    table = sweep_table(again.doc)
+    assert "| baseline | b |" in table and "| init | god |" in table
