@@ -170,3 +170,28 @@ def test_predictor_share_formula_and_quick_run(tmp_path):
     assert again.run(base, 0, 3, "baseline", "b") == rows[0]
     table = sweep_table(again.doc)
     assert "| baseline | b |" in table and "| init | god |" in table
+
+
+def test_train_option_init_from_starts_phi_at_a_god_schedule(tmp_path, tree):
+    from indis.predictor import Predictor, save_predictor
+    from indis.training.train import TrainConfig, build_model
+
+    god = build_model(TrainConfig(method="god", nfe=3), tree)
+    with torch.no_grad():
+        god.logits.copy_(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+    save_predictor(tmp_path / "god.safetensors", god, {"backbone_id": tree.backbone_id})
+    default = build_model(TrainConfig(method="indis", nfe=3), tree)
+    phi = build_model(TrainConfig(method="indis", nfe=3, init_from=str(tmp_path / "god.safetensors")), tree)
+    assert isinstance(phi, Predictor)
+    x = torch.randn(5, 2)
+    d, dg = phi(x), god(x)
+    for a, b in ((d.timesteps, dg.timesteps), (d.dtau, dg.dtau), (d.gamma, dg.gamma)):
+        assert torch.allclose(a, b.expand_as(a), atol=1e-6)  # the untrained phi is that GOD schedule
+    assert not torch.allclose(default(x).gamma, dg.gamma.expand_as(default(x).gamma))  # the default start is not
+    with pytest.raises(ValueError, match="differs from this run"):
+        build_model(TrainConfig(method="indis", nfe=4, init_from=str(tmp_path / "god.safetensors")), tree)
+    with pytest.raises(ValueError, match="expected a GOD predictor"):
+        save_predictor(tmp_path / "phi.safetensors", default)
+        build_model(TrainConfig(method="indis", nfe=3, init_from=str(tmp_path / "phi.safetensors")), tree)
+    with pytest.raises(ValueError, match="applies to method indis"):
+        TrainConfig(method="god", nfe=3, init_from=str(tmp_path / "god.safetensors")).validate()
