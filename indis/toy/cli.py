@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from .recipe import SWEEP, Recipe, ShareConfig, ShareRunner, quick_share_config, share_table, sweep_table
+from .recipe import COMBINED, SWEEP, Recipe, ShareConfig, ShareRunner, quick_share_config, share_table, sweep_table
 from .study import Study, StudyConfig, quick_config, summary_table
 from .tree import tree_summary
 
@@ -45,7 +45,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share-seeds", type=int, default=3, help="phi training seeds for --predictor-share (default 3)")
     p.add_argument("--sweep", default=None, metavar="FACTORS",
                    help="with --predictor-share: the recipe sweep, 'all' or comma-separated factors of recipe.SWEEP "
-                        f"({', '.join(sorted({f for f, _, _ in SWEEP}))})")
+                        f"({', '.join(sorted({f for f, _, _ in SWEEP + COMBINED}))})")
     p.set_defaults(func=run_toy)
 
 
@@ -101,12 +101,12 @@ def run_share(args) -> int:
     base = Recipe(iters=20, full_iters=20, batch=32, num_train=cfg.max_train) if args.quick else Recipe()
     entries = [("baseline", "study recipe", {})]
     if args.sweep:
-        names = {f for f, _, _ in SWEEP}
+        names = {f for f, _, _ in SWEEP + COMBINED}
         want = names if args.sweep == "all" else {f.strip() for f in args.sweep.split(",") if f.strip()}
         unknown = want - names
         if unknown:
             raise SystemExit(f"indis toy: unknown --sweep factors {sorted(unknown)}; known: {sorted(names)}")
-        entries = [e for e in SWEEP if e[0] in want or e[0] == "baseline"]
+        entries = [e for e in SWEEP[:1] + COMBINED + SWEEP[1:] if e[0] in want or e[0] == "baseline"]
         if args.quick:  # the data factor cannot exceed the quick set's training priors
             entries = [(f, s, {k: (min(v, cfg.max_train) if k == "num_train" else v) for k, v in c.items()}) for f, s, c in entries]
     t = time.time()

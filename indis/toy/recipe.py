@@ -81,6 +81,12 @@ SWEEP: Tuple[Tuple[str, str, Dict], ...] = (
     ("training length", "full stage x4 (100 + 240)", {"full_iters": 240}),
 )
 
+# The factors that helped, together (run after the sweep: `--sweep combined`).
+COMBINED: Tuple[Tuple[str, str, Dict], ...] = (
+    ("combined", "GOD start + x3 iterations", {"full_init": "god", "iters": 300, "full_iters": 180}),
+    ("combined", "GOD start + x3 iterations + lr 1e-2", {"full_init": "god", "iters": 300, "full_iters": 180, "lr": 1e-2}),
+)
+
 
 class FeaturePhi(nn.Module):
     """phi on features of x_T: Predictor over [x_T, |x_T|, x_T / |x_T|] (polar) or over 16 random Fourier
@@ -168,13 +174,20 @@ class ShareRunner:
         self.x_train = (torch.randn(cfg.max_train, 2, generator=g, dtype=torch.float64) * std).to(DT)
         self.x_ho = (torch.randn(cfg.num_heldout, 2, generator=g, dtype=torch.float64) * std).to(DT)
         self.path = self.out / "share.json"
-        self.doc = {"config": asdict(cfg), "references": {}, "runs": []}
+        self.doc = {"config": self.ref_key(), "references": {}, "runs": []}
         if self.path.is_file():
             old = json.loads(self.path.read_text())
-            if old.get("config") == json.loads(json.dumps(asdict(cfg))):
+            if old.get("config") == self.ref_key():
                 self.doc = old
         self._gt()
         self.refs: Dict[int, Dict] = {}
+
+    def ref_key(self) -> Dict:
+        """What the priors, ground truth and references depend on (not the NFE list or the phi seeds, so runs
+        with other NFEs or seeds resume from the same folder)."""
+        d = json.loads(json.dumps(asdict(self.cfg)))
+        d.pop("nfes"), d.pop("seeds")
+        return d
 
     def _gt(self):
         f = self.out / "ground_truth.safetensors"
@@ -209,7 +222,7 @@ class ShareRunner:
         f = self.out / f"references_nfe{nfe}.safetensors"
         if f.is_file():
             t, meta = load_tensors(f)
-            if meta.get("config") == json.loads(json.dumps(asdict(self.cfg))):
+            if meta.get("config") == self.ref_key():
                 self.refs[nfe] = {**t, **meta["mse"]}
                 self.doc["references"][str(nfe)] = meta["mse"]
                 return self.refs[nfe]
@@ -231,7 +244,7 @@ class ShareRunner:
             with torch.no_grad():
                 mse[f"oracle_full_{split}"] = float(_loss(self.bb, x, y, p1(o_orf), "euler", None).mean())
         mse["seconds"] = time.time() - t0
-        save_tensors(f, tensors, {"config": asdict(self.cfg), "mse": mse})
+        save_tensors(f, tensors, {"config": self.ref_key(), "mse": mse})
         self.doc["references"][str(nfe)] = mse
         atomic_write_json(self.path, self.doc)
         self.refs[nfe] = {**tensors, **mse}
@@ -289,6 +302,22 @@ class ShareRunner:
         return [self.run(r, s, n, f, st) for n in self.cfg.nfes for r, f, st in recipes for s in self.cfg.seeds]
 
 
+def merge_share_docs(docs: Sequence[Dict]) -> Dict:
+    """One share document from several (runs of the same priors and references in different folders, e.g. NFEs
+    run side by side): references by NFE, runs deduplicated by (recipe, seed, NFE); the first document wins."""
+    out = {"config": docs[0]["config"], "references": {}, "runs": []}
+    seen = set()
+    for d in docs:
+        for n, r in d["references"].items():
+            out["references"].setdefault(n, r)
+        for r in d["runs"]:
+            k = (json.dumps(r["recipe"], sort_keys=True), r["seed"], r["nfe"])
+            if k not in seen:
+                seen.add(k)
+                out["runs"].append(r)
+    return out
+
+
 def _ms(v: Sequence[float]) -> str:
     v = np.asarray(v, dtype=float)
     return f"{v.mean():+.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
@@ -309,17 +338,18 @@ def share_table(doc: Dict, recipe: Optional[Dict] = None) -> str:
     return "\n".join(lines)
 
 
-def sweep_table(doc: Dict) -> str:
+def sweep_table(doc: Dict, nfes: Optional[Sequence[int]] = None) -> str:
     """One row per (factor, setting): share on fit / held-out priors and MSE vs GOD (held-out), each the mean
-    over NFEs and seeds, ± the std over seeds of the per-seed NFE means; n runs."""
+    over NFEs (those in `nfes`, default all) and seeds, ± the std over seeds of the per-seed NFE means."""
+    runs = [r for r in doc["runs"] if nfes is None or r["nfe"] in nfes]
     keys: List[Tuple[str, str]] = []
-    for r in doc["runs"]:
+    for r in runs:
         if (r["factor"], r["setting"]) not in keys:
             keys.append((r["factor"], r["setting"]))
     lines = ["| factor | setting | share fit | share held-out | MSE vs GOD held-out | NFEs × seeds | s / run |",
              "|---|---|---|---|---|---|---|"]
     for k in keys:
-        rs = [r for r in doc["runs"] if (r["factor"], r["setting"]) == k]
+        rs = [r for r in runs if (r["factor"], r["setting"]) == k]
         seeds = sorted({r["seed"] for r in rs})
         per = lambda key: [np.mean([r[key] for r in rs if r["seed"] == s]) for s in seeds]
         lines.append(f"| {k[0]} | {k[1]} | {_ms(per('share_fit'))} | {_ms(per('share_heldout'))} | "
