@@ -116,6 +116,11 @@ def test_cli_registers_toy_subcommand():
     assert args.func is run_toy and args.nfe == (3, 4) and args.backbone == "learned" and args.quick
     with pytest.raises(SystemExit):
         p.parse_args(["toy", "--out", "x", "--nfe", "a,b"])
+    args = p.parse_args(["toy", "--out", "x", "--predictor-share", "--sweep", "init,lr", "--share-seeds", "2"])
+    assert args.predictor_share and args.sweep == "init,lr" and args.share_seeds == 2
+    args.sweep = "nonsense"
+    with pytest.raises(SystemExit, match="unknown --sweep factors"):
+        run_toy(args)
 
 
 def test_learned_backbone_is_a_flow_velocity_backbone(tmp_path):

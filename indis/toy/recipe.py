@@ -253,6 +253,19 @@ class ShareRunner:
                  f"({mse['seconds']:.0f} s)")
         return self.refs[nfe]
 
+    def god_check(self, nfe: int, extra_iters: Sequence[int] = (120, 360)) -> Dict:
+        """Is GOD converged at the study's budget? GOD re-trained from (b) with more full-set iterations (same lr,
+        batch and minibatch stream), its MSE on both splits, next to the reference's."""
+        ref, s, (p0, p1) = self.references(nfe), self.scfg, self.params(nfe)
+        out = {"study_iters": s.global_full_iters, "god_fit": ref["god_fit"], "god_heldout": ref["god_heldout"]}
+        for it in extra_iters:
+            g = torch.Generator().manual_seed(s.seed * 1000 + nfe + 1)
+            o = train_global(self.bb, p1, self.x_train, self.gt_train, None, "euler", it, s.global_batch, s.global_lr, g,
+                             init=ref["global"])
+            for sp in ("fit", "heldout"):
+                out[f"god{it}_{sp}"] = self.mse(lambda z: _shared(p1, o), sp)
+        return out
+
     def train_phi(self, recipe: Recipe, seed: int, nfe: int) -> nn.Module:
         recipe.check()
         if recipe.num_train > self.cfg.max_train:
