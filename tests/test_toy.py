@@ -200,3 +200,13 @@ def test_train_option_init_from_starts_phi_at_a_god_schedule(tmp_path, tree):
         build_model(TrainConfig(method="indis", nfe=3, init_from=str(tmp_path / "phi.safetensors")), tree)
     with pytest.raises(ValueError, match="applies to method indis"):
         TrainConfig(method="god", nfe=3, init_from=str(tmp_path / "god.safetensors")).validate()
+
+
+def test_share_against_another_god():
+    from indis.toy.recipe import against_god
+
+    doc = {"config": {}, "references": {"3": {"god_fit": 1.0, "god_heldout": 2.0, "oracle_full_fit": 0.5, "oracle_full_heldout": 1.0}},
+           "runs": [{"nfe": 3, "mse_fit": 0.75, "mse_heldout": 1.5, "share_fit": 0.5, "share_heldout": 0.5}]}
+    d = against_god(doc, {3: {"fit": 0.75, "heldout": 1.25}})
+    assert d["runs"][0]["share_fit"] == 0.0 and d["runs"][0]["share_heldout"] == pytest.approx(-1.0)
+    assert d["runs"][0]["vs_god_heldout"] == pytest.approx(0.2) and doc["runs"][0]["share_fit"] == 0.5  # input untouched

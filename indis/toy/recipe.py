@@ -331,6 +331,25 @@ def merge_share_docs(docs: Sequence[Dict]) -> Dict:
     return out
 
 
+def against_god(doc: Dict, god: Dict[int, Dict[str, float]]) -> Dict:
+    """The share document re-expressed against another GOD (e.g. a longer-trained one from god_check): for each
+    NFE in `god` ({nfe: {"fit": mse, "heldout": mse}}) the references' GOD MSE is replaced and every run's share
+    and MSE-vs-GOD recomputed; NFEs not in `god` are dropped."""
+    out = {"config": doc["config"], "references": {}, "runs": []}
+    for n, g in god.items():
+        ref = dict(doc["references"][str(n)])
+        ref.update({f"god_{sp}": g[sp] for sp in ("fit", "heldout")})
+        out["references"][str(n)] = ref
+    for r in doc["runs"]:
+        if r["nfe"] in god:
+            ref, r = out["references"][str(r["nfe"])], dict(r)
+            for sp in ("fit", "heldout"):
+                r[f"share_{sp}"] = share(ref[f"god_{sp}"], r[f"mse_{sp}"], ref[f"oracle_full_{sp}"])
+                r[f"vs_god_{sp}"] = (r[f"mse_{sp}"] - ref[f"god_{sp}"]) / ref[f"god_{sp}"]
+            out["runs"].append(r)
+    return out
+
+
 def _ms(v: Sequence[float]) -> str:
     v = np.asarray(v, dtype=float)
     return f"{v.mean():+.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
