@@ -370,6 +370,27 @@ def share_table(doc: Dict, recipe: Optional[Dict] = None) -> str:
     return "\n".join(lines)
 
 
+def before_after_table(doc: Dict, before: Dict, after: Dict, god_alt: Optional[Dict[int, Dict[str, float]]] = None,
+                       alt_label: str = "GOD, longer") -> str:
+    """Per NFE and split: GOD, the oracle, and the share of two recipes (asdict(Recipe)) as mean ± std over
+    seeds; with god_alt also the shares against that other GOD (against_god)."""
+    alt = against_god(doc, god_alt) if god_alt else None
+    head = "| NFE | split | MSE GOD | MSE oracle full | share before | share after |"
+    if alt:
+        head += f" MSE {alt_label} | share before vs it | share after vs it |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for n in sorted({r["nfe"] for r in doc["runs"] if r["recipe"] in (before, after)}):
+        for sp in ("fit", "heldout"):
+            ref = doc["references"][str(n)]
+            cell = lambda d, rec: _ms([r[f"share_{sp}"] for r in d["runs"] if r["nfe"] == n and r["recipe"] == rec] or [float("nan")])
+            row = f"| {n} | {sp} | {ref[f'god_{sp}']:.4g} | {ref[f'oracle_full_{sp}']:.4g} | {cell(doc, before)} | {cell(doc, after)} |"
+            if alt:
+                row += (f" {alt['references'][str(n)][f'god_{sp}']:.4g} | {cell(alt, before)} | {cell(alt, after)} |"
+                        if str(n) in alt["references"] else " | | |")
+            lines.append(row)
+    return "\n".join(lines)
+
+
 def sweep_table(doc: Dict, nfes: Optional[Sequence[int]] = None) -> str:
     """One row per (factor, setting): share on fit / held-out priors and MSE vs GOD (held-out), each the mean
     over NFEs (those in `nfes`, default all) and seeds, ± the std over seeds of the per-seed NFE means."""
