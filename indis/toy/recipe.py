@@ -85,6 +85,7 @@ SWEEP: Tuple[Tuple[str, str, Dict], ...] = (
 COMBINED: Tuple[Tuple[str, str, Dict], ...] = (
     ("combined", "GOD start + x3 iterations", {"full_init": "god", "iters": 300, "full_iters": 180}),
     ("combined", "GOD start + x3 iterations + lr 1e-2", {"full_init": "god", "iters": 300, "full_iters": 180, "lr": 1e-2}),
+    ("combined", "GOD start + x9 iterations (900 + 540)", {"full_init": "god", "iters": 900, "full_iters": 540}),
 )
 
 
@@ -379,7 +380,8 @@ def before_after_table(doc: Dict, before: Dict, after: Dict, god_alt: Optional[D
     if alt:
         head += f" MSE {alt_label} | share before vs it | share after vs it |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for n in sorted({r["nfe"] for r in doc["runs"] if r["recipe"] in (before, after)}):
+    have = lambda rec: {r["nfe"] for r in doc["runs"] if r["recipe"] == rec}
+    for n in sorted(have(before) & have(after)):  # the NFEs where both recipes ran
         for sp in ("fit", "heldout"):
             ref = doc["references"][str(n)]
             cell = lambda d, rec: _ms([r[f"share_{sp}"] for r in d["runs"] if r["nfe"] == n and r["recipe"] == rec] or [float("nan")])
