@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 
 from .recipe import COMBINED, SWEEP, Recipe, ShareConfig, ShareRunner, quick_share_config, share_table, sweep_table
 from .study import Study, StudyConfig, quick_config, summary_table
@@ -112,10 +113,11 @@ def run_share(args) -> int:
     t = time.time()
     runner = ShareRunner(cfg, args.out, cache_dir=args.cache_dir, log=(lambda *a: None) if args.no_progress else print)
     runner.sweep(entries, base)
-    print(share_table(runner.doc, runner.doc["runs"][0]["recipe"]))
+    print(share_table(runner.doc, asdict(base)))
     if args.sweep:
-        print()
-        print(sweep_table(runner.doc))
+        for n in cfg.nfes:
+            print(f"\nNFE {n}, one factor at a time (share: mean ± std over seeds):")
+            print(sweep_table(runner.doc, [n]))
     print(f"wrote {runner.path} in {time.time() - t:.1f} s")
     return 0
 
