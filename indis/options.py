@@ -26,7 +26,8 @@ def setting(default: Any, help: str, choices: Optional[Iterable] = None,
     """A dataclass field that is also a command-line option: default, help and (optional) choices, declared once.
     choices: the accepted names (give a registry's keys); parse: converts the typed text (before the choices are
     checked), e.g. to accept an alias spelling."""
-    meta = {"help": help, "choices": None if choices is None else tuple(choices), "parse": parse}
+    meta = {"help": help, "choices": None if choices is None else (choices if isinstance(choices, tuple) else tuple(choices)),
+            "parse": parse}
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -139,6 +139,9 @@ class _ScheduleNames(tuple):
         except (ValueError, TypeError):
             return False
 
+    def __add__(self, other) -> "_ScheduleNames":
+        return _ScheduleNames(tuple(self) + tuple(other))
+
 
 SCHEDULE_NAMES = _ScheduleNames(tuple(HEURISTICS) + tuple(ALIASES))  # every name get_schedule accepts (and rds:SEQ_LEN)
 

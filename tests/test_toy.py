@@ -116,6 +116,11 @@ def test_cli_registers_toy_subcommand():
     assert args.func is run_toy and args.nfe == (3, 4) and args.backbone == "learned" and args.quick
     with pytest.raises(SystemExit):
         p.parse_args(["toy", "--out", "x", "--nfe", "a,b"])
+    args = p.parse_args(["toy", "--out", "x", "--predictor-share", "--sweep", "init,lr", "--share-seeds", "2"])
+    assert args.predictor_share and args.sweep == "init,lr" and args.share_seeds == 2
+    args.sweep = "nonsense"
+    with pytest.raises(SystemExit, match="unknown --sweep factors"):
+        run_toy(args)
 
 
 def test_learned_backbone_is_a_flow_velocity_backbone(tmp_path):
@@ -131,3 +136,77 @@ def test_learned_backbone_is_a_flow_velocity_backbone(tmp_path):
     assert info2["cached"] and a.backbone_id == b.backbone_id  # cached, and the same weights
     c, _ = load_or_train(cfg, cache_dir=tmp_path / "again", progress=False)
     assert c.backbone_id == a.backbone_id  # training is deterministic given the seed
+
+
+def test_predictor_share_formula_and_quick_run(tmp_path):
+    from dataclasses import asdict
+
+    from indis.toy.recipe import Recipe, ShareRunner, make_phi, quick_share_config, share, sweep_table
+    from indis.toy.study import lr_lambda, phi_loss
+
+    assert share(1.0, 1.0, 0.5) == 0.0 and share(1.0, 0.5, 0.5) == 1.0 and share(1.0, 1.2, 0.6) == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="not below GOD"):
+        share(0.5, 0.4, 0.6)
+    with pytest.raises(ValueError, match="features"):
+        Recipe(features="raw").check()
+    with pytest.raises(ValueError, match="schedule"):
+        lr_lambda("step", 10)
+    f = lr_lambda("warmup_cosine", 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
+    assert phi_loss(torch.tensor([1.0, math.e]), "log_mse").item() == pytest.approx(0.5)
+
+    torch.set_num_threads(1)
+    cfg = quick_share_config(seeds=(0,), num_fit=16, num_heldout=16, max_train=200)
+    r = ShareRunner(cfg, tmp_path, log=lambda *a: None)
+    ref = r.references(3)
+    for sp in ("fit", "heldout"):  # the per-prior oracle keeps its best iterate: never above GOD
+        assert ref[f"oracle_full_{sp}"] < ref[f"god_{sp}"] < ref[f"global_{sp}"]
+    p0, p1 = r.params(3)
+    for feats in ("norm", "polar", "fourier"):  # an untrained phi reproduces its initial schedule exactly
+        phi = make_phi(p1, Recipe(features=feats), ref["god"], 0)
+        assert r.mse(lambda z: phi(z, None), "fit") == pytest.approx(ref["god_fit"], rel=1e-6)
+    base = Recipe(iters=10, full_iters=10, batch=32, num_train=200)
+    rows = r.run_recipe(base, "baseline", "b")
+    rows += r.run_recipe(Recipe(**{**asdict(base), "full_init": "god", "features": "polar"}), "init", "god")
+    for row in rows:
+        for sp in ("fit", "heldout"):
+            assert row[f"share_{sp}"] == pytest.approx(share(ref[f"god_{sp}"], row[f"mse_{sp}"], ref[f"oracle_full_{sp}"]))
+    again = ShareRunner(cfg, tmp_path, log=lambda *a: None)  # resumes: same numbers, nothing retrained
+    assert again.run(base, 0, 3, "baseline", "b") == rows[0]
+    table = sweep_table(again.doc)
+    assert "| baseline | b |" in table and "| init | god |" in table
+
+
+def test_train_option_init_from_starts_phi_at_a_god_schedule(tmp_path, tree):
+    from indis.predictor import Predictor, save_predictor
+    from indis.training.train import TrainConfig, build_model
+
+    god = build_model(TrainConfig(method="god", nfe=3), tree)
+    with torch.no_grad():
+        god.logits.copy_(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+    save_predictor(tmp_path / "god.safetensors", god, {"backbone_id": tree.backbone_id})
+    default = build_model(TrainConfig(method="indis", nfe=3), tree)
+    phi = build_model(TrainConfig(method="indis", nfe=3, init_from=str(tmp_path / "god.safetensors")), tree)
+    assert isinstance(phi, Predictor)
+    x = torch.randn(5, 2)
+    d, dg = phi(x), god(x)
+    for a, b in ((d.timesteps, dg.timesteps), (d.dtau, dg.dtau), (d.gamma, dg.gamma)):
+        assert torch.allclose(a, b.expand_as(a), atol=1e-6)  # the untrained phi is that GOD schedule
+    assert not torch.allclose(default(x).gamma, dg.gamma.expand_as(default(x).gamma))  # the default start is not
+    with pytest.raises(ValueError, match="differs from this run"):
+        build_model(TrainConfig(method="indis", nfe=4, init_from=str(tmp_path / "god.safetensors")), tree)
+    with pytest.raises(ValueError, match="expected a GOD predictor"):
+        save_predictor(tmp_path / "phi.safetensors", default)
+        build_model(TrainConfig(method="indis", nfe=3, init_from=str(tmp_path / "phi.safetensors")), tree)
+    with pytest.raises(ValueError, match="applies to method indis"):
+        TrainConfig(method="god", nfe=3, init_from=str(tmp_path / "god.safetensors")).validate()
+
+
+def test_share_against_another_god():
+    from indis.toy.recipe import against_god
+
+    doc = {"config": {}, "references": {"3": {"god_fit": 1.0, "god_heldout": 2.0, "oracle_full_fit": 0.5, "oracle_full_heldout": 1.0}},
+           "runs": [{"nfe": 3, "mse_fit": 0.75, "mse_heldout": 1.5, "share_fit": 0.5, "share_heldout": 0.5}]}
+    d = against_god(doc, {3: {"fit": 0.75, "heldout": 1.25}})
+    assert d["runs"][0]["share_fit"] == 0.0 and d["runs"][0]["share_heldout"] == pytest.approx(-1.0)
+    assert d["runs"][0]["vs_god_heldout"] == pytest.approx(0.2) and doc["runs"][0]["share_fit"] == 0.5  # input untouched

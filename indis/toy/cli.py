@@ -1,14 +1,20 @@
 """`indis toy`: the synthetic study of paper section 4.1 (Figs. 2-3).
 
     python -m indis.toy.cli --out runs/toy --backbone exact --nfe 3,4,5 [--quick] [--conditional]
+
+--predictor-share measures instead the learned phi's share of the full-set oracle's gain over GOD
+(indis.toy.recipe) on the fit and held-out priors, per NFE (default 3,5,7), for --share-seeds training seeds;
+--sweep adds the one-factor-at-a-time recipe sweep (recipe.SWEEP, or the factors named).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import asdict
 
 from ..options import HelpFormatter, Switch
+from .recipe import COMBINED, SWEEP, Recipe, ShareConfig, ShareRunner, quick_share_config, share_table, sweep_table
 from .study import BACKBONES, Study, StudyConfig, quick_config, summary_table
 from .tree import tree_summary
 
@@ -37,6 +43,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="where the learned backbone is cached (default OUT/cache)")
     p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
+    p.add_argument("--predictor-share", action=Switch, default=False,
+                   help="measure phi's share of the oracle's gain over GOD (fit and held-out priors) instead of the study")
+    p.add_argument("--share-seeds", type=int, default=3, help="phi training seeds for --predictor-share (default 3)")
+    p.add_argument("--sweep", default=None, metavar="FACTORS",
+                   help="with --predictor-share: the recipe sweep, 'all' or comma-separated factors of recipe.SWEEP "
+                        f"({', '.join(sorted({f for f, _, _ in SWEEP + COMBINED}))})")
     p.set_defaults(func=run_toy)
 
 
@@ -50,6 +62,10 @@ def run_toy(args) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    if args.predictor_share:
+        return run_share(args)
+    if args.sweep:
+        raise SystemExit("indis toy: --sweep needs --predictor-share")
     over = {"backbone": args.backbone, "conditional": args.conditional, "seed": args.seed, "ipndm": not args.no_ipndm}
     if args.nfe:
         over["nfes"] = args.nfe
@@ -71,6 +87,40 @@ def run_toy(args) -> int:
     doc = study.run()
     print(summary_table(doc, "train"))
     print(f"wrote {study.results_path} in {time.time() - t:.1f} s")
+    return 0
+
+
+def run_share(args) -> int:
+    if args.conditional:
+        raise SystemExit("indis toy: --predictor-share runs on the unconditional tree (drop --conditional)")
+    if args.share_seeds < 1:
+        raise SystemExit(f"indis toy: --share-seeds must be >= 1, got {args.share_seeds}")
+    over = {"backbone": args.backbone, "seeds": tuple(range(args.share_seeds))}
+    if args.nfe:
+        over["nfes"] = args.nfe
+    if args.num_eval:
+        over["num_heldout"] = args.num_eval
+    cfg = quick_share_config(**over) if args.quick else ShareConfig(**over)
+    base = Recipe(iters=20, full_iters=20, batch=32, num_train=cfg.max_train) if args.quick else Recipe()
+    entries = [("baseline", "study recipe", {})]
+    if args.sweep:
+        names = {f for f, _, _ in SWEEP + COMBINED}
+        want = names if args.sweep == "all" else {f.strip() for f in args.sweep.split(",") if f.strip()}
+        unknown = want - names
+        if unknown:
+            raise SystemExit(f"indis toy: unknown --sweep factors {sorted(unknown)}; known: {sorted(names)}")
+        entries = [e for e in SWEEP[:1] + COMBINED + SWEEP[1:] if e[0] in want or e[0] == "baseline"]
+        if args.quick:  # the data factor cannot exceed the quick set's training priors
+            entries = [(f, s, {k: (min(v, cfg.max_train) if k == "num_train" else v) for k, v in c.items()}) for f, s, c in entries]
+    t = time.time()
+    runner = ShareRunner(cfg, args.out, cache_dir=args.cache_dir, log=(lambda *a: None) if args.no_progress else print)
+    runner.sweep(entries, base)
+    print(share_table(runner.doc, asdict(base)))
+    if args.sweep:
+        for n in cfg.nfes:
+            print(f"\nNFE {n}, one factor at a time (share: mean ± std over seeds):")
+            print(sweep_table(runner.doc, [n]))
+    print(f"wrote {runner.path} in {time.time() - t:.1f} s")
     return 0
 
 

@@ -159,15 +159,44 @@ def train_oracle(bb, param, xT, x_gt, cond, solver, iters, lr, init):
     return best_o
 
 
-def train_indis(bb, pred, xT, x_gt, cond, solver, iters, batch, lr, gen):
+LR_SCHEDULES = ("cosine", "constant", "warmup_cosine")
+PHI_LOSSES = ("mse", "log_mse")
+
+
+def lr_lambda(schedule: str, iters: int):
+    """Multiplier of the peak learning rate at iteration i for the schedules other than the study's cosine
+    (torch's CosineAnnealingLR): constant, or a linear warm-up over the first 10 % followed by a cosine to 0."""
+    if schedule == "constant":
+        return lambda i: 1.0
+    if schedule == "warmup_cosine":
+        w = max(1, iters // 10)
+        return lambda i: (i + 1) / w if i < w else 0.5 * (1 + math.cos(math.pi * (i - w) / max(1, iters - w)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+
+
+def phi_loss(per_sample, loss: str):
+    """The phi training objective from the per-sample endpoint MSE [B]: its mean ('mse', the study's) or the
+    mean of its log ('log_mse': every prior's relative error counts alike, so the many small-error priors near
+    the centre are not drowned by the few large-error outer ones)."""
+    if loss == "mse":
+        return per_sample.mean()
+    if loss == "log_mse":
+        return torch.log(per_sample + 1e-10).mean()
+    raise ValueError(f"unknown phi loss {loss!r}; expected one of {PHI_LOSSES}")
+
+
+def train_indis(bb, pred, xT, x_gt, cond, solver, iters, batch, lr, gen, schedule="cosine", loss="mse"):
     opt = torch.optim.Adam(pred.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    if schedule == "cosine":  # the study's (kept as the built-in scheduler so its numbers are unchanged)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, iters))
     for _ in range(iters):
         idx = torch.randint(xT.shape[0], (batch,), generator=gen)
         c = None if cond is None else cond[idx]
-        loss = _loss(bb, xT[idx], x_gt[idx], pred(xT[idx], c), solver, c).mean()
+        loss_v = phi_loss(_loss(bb, xT[idx], x_gt[idx], pred(xT[idx], c), solver, c), loss)
         opt.zero_grad()
-        loss.backward()
+        loss_v.backward()
         opt.step()
         sched.step()
     return pred

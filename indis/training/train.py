@@ -52,6 +52,7 @@ from ..metrics.distances import LOSSES, TRUNK_FILES, distance_name, get_distance
 from ..options import setting
 from ..predictor import GlobalDiscretization, Predictor, save_predictor
 from ..sampling.guidance import GuidedBackbone
+from ..sampling.load import load_predictor
 from ..sampling.solve import solve
 from ..schedules import SCHEDULE_NAMES, get_schedule
 from ..solvers import SOLVERS, sample
@@ -75,6 +76,8 @@ class TrainConfig:
     b_gamma: float = setting(0.05, "bound of the scale gamma around 1")
     init_schedule: str = setting("polynomial", "heuristic the learned schedule starts from (sdm: SDM's schedule from "
                                  "pilots)", choices=SCHEDULE_NAMES + ("sdm",))
+    init_from: str = setting("", "indis: a trained GOD predictor file; phi starts at its full set (docs/toy_study.md, "
+                             "'The predictor recipe')")
     orders: str = setting("", "per-step solver orders: '' (the solver's), a list 1,4,4,4,4, or sdm (SDM's criterion)")
     afs: bool = setting(False, "analytical first step: nfe network calls on nfe + 1 steps")
     no_instance: bool = setting(False, "ablation: phi without x_T")
@@ -151,6 +154,9 @@ class TrainConfig:
         parse_dtype(self.state_dtype)
         if (self.orders or self.afs or self.init_schedule == "sdm") and self.method not in ("indis", "god", "ld3"):
             raise ValueError(f"orders / afs / init_schedule sdm apply to indis, god and ld3; {self.method} has its own")
+        if self.init_from and (self.method != "indis" or self.init_schedule == "sdm"):
+            raise ValueError(f"init_from (a GOD predictor phi starts at) applies to method indis without init_schedule sdm, "
+                             f"got method {self.method!r}, init_schedule {self.init_schedule!r}")
         if self.orders and self.orders != "sdm":
             try:
                 [int(k) for k in self.orders.split(",")]
@@ -188,9 +194,28 @@ def build_model(cfg: TrainConfig, backbone, init_timesteps: Optional[Tensor] = N
     if cfg.method == "god" or (cfg.no_instance and (cs.kind == "none" or cfg.no_cond)):
         return GlobalDiscretization(param, init, backbone.data_shape, cs)
     text_pool = backbone.text_pooling() if hasattr(backbone, "text_pooling") else None  # phi pools packed text
-    return Predictor(param, backbone.data_shape, cs, hidden=cfg.hidden, init_timesteps=init,
-                     use_instance=not cfg.no_instance, use_cond=not cfg.no_cond, conv_width=cfg.conv_width,
-                     text_pool=text_pool)
+    phi = Predictor(param, backbone.data_shape, cs, hidden=cfg.hidden, init_timesteps=init,
+                    use_instance=not cfg.no_instance, use_cond=not cfg.no_cond, conv_width=cfg.conv_width,
+                    text_pool=text_pool)
+    if cfg.init_from:
+        start_at_global(phi, cfg.init_from, backbone.backbone_id)
+    return phi
+
+
+def start_at_global(phi: Predictor, path, backbone_id: Optional[str] = None) -> None:
+    """Set phi's output-head bias to the logits {tau, dtau, gamma} of a trained GOD (GlobalDiscretization) file,
+    so that the untrained phi reproduces that global schedule with its shifts and scales. On the 2D tree this
+    start raised phi's share of the per-instance oracle's gain the most (docs/toy_study.md, "The predictor
+    recipe"). The GOD run must have the same discretization (process, NFE, warp, bounds) and backbone."""
+    god, _ = load_predictor(path, backbone_id)
+    inner = god.inner if isinstance(god, Sampled) else god
+    if not isinstance(inner, GlobalDiscretization):
+        raise ValueError(f"init_from {path}: expected a GOD predictor (GlobalDiscretization), got {type(inner).__name__}")
+    if inner.param.config() != phi.param.config():
+        raise ValueError(f"init_from {path}: its discretization {inner.param.config()} differs from this run's "
+                         f"{phi.param.config()} (train GOD with the same nfe, warp, afs and bounds)")
+    with torch.no_grad():
+        phi.head.bias.copy_(inner.logits.detach().flatten().to(phi.head.bias))
 
 
 class AutocastBackbone(nn.Module):
