@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import _native
+from ..cuda_graphs import capture
 from ..discretization import DiscretizationParam
 from ..engines.runtime import torch_engine_backbone
 from ..io import atomic_write_json, atomic_write_text
@@ -150,15 +151,7 @@ def graphed_backbone_calls(net, x_T: Tensor, t: Tensor, cond, nfe: int) -> Calla
             x = net(x, t, cond)
         return x
 
-    side = torch.cuda.Stream(x_T.device)
-    side.wait_stream(torch.cuda.current_stream(x_T.device))
-    with torch.cuda.stream(side):  # warm-up (lazy inits, cuDNN autotuning) outside the capture
-        for _ in range(2):
-            calls()
-    torch.cuda.current_stream(x_T.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        calls()
+    graph, _ = capture(calls, x_T.device)  # warm-up on a side stream, then the capture (indis.cuda_graphs)
     return graph.replay
 
 
