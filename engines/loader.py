@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..backbones.base import CondSpec
+from ..backbones.spec import REGISTRY_NAMES, is_registry_name, resolve_backbone
 from ..export import manifest as mf
 from ..export.onnx_export import BackboneForExport, PredictorForExport
 from ..export.pipeline import predictor_id, resolve_trt_engine
 from ..sampling.load import load_predictor
-from .runtime import BACKENDS, EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner
-from ..backbones.spec import REGISTRY_NAMES, is_registry_name, resolve_backbone
+from .runtime import EngineBackbone, EnginePredictor, ORTRunner, TorchRunner, TRTRunner
 
 
 def manifest_backbone(folder: Path, man: Dict):

@@ -20,7 +20,7 @@ Choices the paper leaves to its appendix, written down here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch

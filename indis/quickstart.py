@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List
+from typing import Dict
 
 import torch
 

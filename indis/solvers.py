@@ -28,7 +28,6 @@ Nothing is detached: gradients flow to the timesteps, shifts, scales and x_T thr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 

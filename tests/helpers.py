@@ -2,7 +2,9 @@
 live in conftest.py."""
 import torch
 
+from indis.discretization import DiscretizationParam
 from indis.metrics.distances import TRUNK_FILES, _build_features
+from indis.predictor import Predictor
 
 ALL_PROCESSES = ["edm", "flow", "vp_linear", "vp_cosine"]
 ALL_SOLVERS = ["euler", "ipndm", "dpmpp_2m", "unipc"]
@@ -108,3 +110,15 @@ def trunk_file(folder, net, seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(sd, folder / TRUNK_FILES[net])
     return folder / TRUNK_FILES[net]
+
+
+def random_head_predictor(bb, nfe=4, warp="logsnr", seed=0, **kw):
+    """A small predictor for bb with random head weights (seeded): every sample gets its own timesteps, shifts and
+    scales. kw: DiscretizationParam options (b_dtau, b_gamma, ...)."""
+    model = Predictor(DiscretizationParam(bb.process, nfe, warp=warp, **kw), bb.data_shape, bb.cond_spec, hidden=16,
+                      conv_width=8)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    return model.eval()

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from indis.discretization import DiscretizationParam
 from indis.export.pipeline import export_folder
-from indis.predictor import Predictor
 from indis.solvers import sample
 from indis.backbones.demo import ImageGMM
 from indis.sampling.sampler import Sampler
 from indis.sampling.seeds import draw
+from helpers import random_head_predictor
 from helpers import small_edm
 
 SEEDS = list(range(7))
@@ -30,13 +29,6 @@ SAMPLE_ATOL = 2e-3
 K, FLOOR = 4.0, 2e-5
 
 
-def _predictor(bb, nfe, warp, seed=0, **kw):
-    model = Predictor(DiscretizationParam(bb.process, nfe, warp=warp, **kw), bb.data_shape, bb.cond_spec, hidden=16, conv_width=8)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +36,9 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
     out = {}
     gmm = ImageGMM(channels=1, res=8, components=4, conditional=True)
-    out["gmm"] = (root / "gmm", gmm, _predictor(gmm, 4, "logsnr"))
+    out["gmm"] = (root / "gmm", gmm, random_head_predictor(gmm, 4, "logsnr"))
     edm = small_edm(img_channels=1)
-    out["edm"] = (root / "edm", edm, _predictor(edm, 4, "sigma_rho", seed=1))
+    out["edm"] = (root / "edm", edm, random_head_predictor(edm, 4, "sigma_rho", seed=1))
     for folder, bb, model in out.values():
         export_folder(model, bb, folder, profile={"min": 1, "opt": 4, "max": 8}, **QUIET)
     return out
@@ -166,7 +158,7 @@ def test_sigmas_json(folders, tmp_path):
     assert max(abs(a - b) for a, b in zip(rows[0]["sigmas"], rows[1]["sigmas"])) > 1e-3  # per sample
     assert sigmas_for_seed(doc, 1) == rows[1]["sigmas"]
     vp = ImageGMM(channels=1, res=8, components=2, process="vp_linear")
-    doc = export_sigmas(_predictor(vp, 3, "logsnr"), vp, [4], tmp_path / "vp.json")
+    doc = export_sigmas(random_head_predictor(vp, 3, "logsnr"), vp, [4], tmp_path / "vp.json")
     r = doc["samples"][0]
     assert r["sigmas"] == pytest.approx(vp.process.ve_sigma(torch.tensor(r["timesteps"], dtype=torch.float64)).tolist())
 
@@ -187,7 +179,7 @@ def test_diffusers_worked_example():
                                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                                  norm_num_groups=4).eval()
     bb = DiffusersAdapter(unet, (1, 8, 8), process="flow", prediction_type="velocity", timestep_scale=1000.0)
-    model = _predictor(bb, 4, "t", b_dtau=0.0, b_gamma=0.0)  # plain sigma lists carry no shift/scale
+    model = random_head_predictor(bb, 4, "t", b_dtau=0.0, b_gamma=0.0)  # plain sigma lists carry no shift/scale
     seeds = [0, 1, 2]
     doc = schedules_for_seeds(model, bb, seeds)
     x_T, _ = draw(seeds, bb.data_shape, bb.process.prior_std())

@@ -10,12 +10,10 @@ import torch
 from indis.backbones.demo import ImageGMM
 from indis.baselines.common import peer_schedule
 from indis.cli import main
-from indis.discretization import DiscretizationParam
 from indis.engines.loader import load_engines
 from indis.export.pipeline import export_folder
 from indis.io import png_bytes
 from indis.native import FastSampler, native_available
-from indis.predictor import Predictor
 from indis.processes import get_process
 from indis.sampling.fixed import heuristic
 from indis.sampling.sampler import Sampler, Timings
@@ -23,21 +21,13 @@ from indis.sampling.seeds import draw, parse_seeds, seed_batches
 from indis.sampling.solve import solve
 from indis.schedules import get_schedule, polynomial
 from indis.solvers import sample
+from helpers import random_head_predictor
 
 SEEDS = [0, 1, 2, 3, 4, 5, 6]
 QUIET = dict(log=lambda *a: None)
 COND_MODULE = "indis_test_sampler_condbb"  # a --backbone module:function written into the test's folder
 
 
-def _predictor(bb, nfe=4, seed=0):
-    """A predictor with random head weights: every sample gets its own timesteps, shifts and scales."""
-    model = Predictor(DiscretizationParam(bb.process, nfe, warp="logsnr"), bb.data_shape, bb.cond_spec, hidden=16,
-                      conv_width=8)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +46,7 @@ def _before(bb, model, seeds, batch, solver="ipndm", net=None):
 
 
 def test_torch_loop_gives_the_samples_of_the_python_solvers(cond_bb):
-    model = _predictor(cond_bb)
+    model = random_head_predictor(cond_bb)
     s = Sampler(cond_bb, model, loop="python")
     r = s.sample_seeds(parse_seeds("0-6"), batch_size=3)
     assert torch.equal(r.x0, _before(cond_bb, model, SEEDS, 3))  # bit for bit
@@ -73,7 +63,7 @@ def test_torch_loop_gives_the_samples_of_the_python_solvers(cond_bb):
 def test_native_loop_gives_the_samples_of_the_native_sampler(cond_bb):
     if not native_available():
         pytest.skip("indis._C is not built")
-    model = _predictor(cond_bb)
+    model = random_head_predictor(cond_bb)
     x_T, c = draw(SEEDS, cond_bb.data_shape, cond_bb.process.prior_std(), cond_bb.cond_spec)
     x0, t = Sampler(cond_bb, model, loop="native")(x_T, c)
     with torch.no_grad():
@@ -88,17 +78,17 @@ def test_native_loop_gives_the_samples_of_the_native_sampler(cond_bb):
 
 def test_auto_loop_says_why_it_falls_back(cond_bb):
     x_T, c = draw([0, 1], cond_bb.data_shape, cond_bb.process.prior_std(), cond_bb.cond_spec)
-    s = Sampler(cond_bb, _predictor(cond_bb), solver="unipc", loop="auto")  # UniPC is Python-only
+    s = Sampler(cond_bb, random_head_predictor(cond_bb), solver="unipc", loop="auto")  # UniPC is Python-only
     _, t = s(x_T, c)
     assert t.path == "python" and t.fallback_reason and s.path_for(x_T) == ("python", t.fallback_reason)
     if native_available():
         assert "unipc" in t.fallback_reason
         with pytest.raises(ValueError, match="unipc"):
-            Sampler(cond_bb, _predictor(cond_bb), solver="unipc", loop="native")
+            Sampler(cond_bb, random_head_predictor(cond_bb), solver="unipc", loop="native")
 
 
 def test_ort_engines_give_the_samples_of_the_engine_loop(cond_bb, tmp_path):
-    model = _predictor(cond_bb)
+    model = random_head_predictor(cond_bb)
     export_folder(model, cond_bb, tmp_path / "e", profile={"min": 1, "opt": 4, "max": 8}, **QUIET)
     s = Sampler.from_engines(tmp_path / "e", "ort", threads=1)
     r = s.sample_seeds(SEEDS)  # batches of the profile's optimum (4)
@@ -119,7 +109,7 @@ def test_ort_engines_give_the_samples_of_the_engine_loop(cond_bb, tmp_path):
 
 def test_timings_record(cond_bb):
     x_T, c = draw([0, 1, 2], cond_bb.data_shape, cond_bb.process.prior_std(), cond_bb.cond_spec)
-    s = Sampler(cond_bb, _predictor(cond_bb), loop="python")
+    s = Sampler(cond_bb, random_head_predictor(cond_bb), loop="python")
     _, t = s(x_T, c)
     assert isinstance(t, Timings)
     d = t.as_dict()
@@ -267,7 +257,7 @@ def test_cli_prompt_table_gives_each_seed_a_row(tmp_path, monkeypatch, capsys):
 
 
 def test_contradicting_options_are_refused(cond_bb):
-    p = _predictor(cond_bb, nfe=3)
+    p = random_head_predictor(cond_bb, nfe=3)
     assert Sampler(cond_bb, p, nfe=3).fast.solver.name == "ipndm"
     for kw, msg in (({"nfe": 4}, "nfe 4 conflicts with the predictor, which makes 3 steps"),
                     ({"schedule": "karras"}, "applies to sampling without a predictor")):

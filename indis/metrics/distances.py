@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
