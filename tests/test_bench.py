@@ -197,3 +197,18 @@ def test_bench_quality_cli_seeds_and_free_nfes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--quality", "--train-seeds", "0,0", "--out", str(out)])
     assert "distinct non-negative integers" in capsys.readouterr().err
+
+
+def test_bench_quality_adds_rds_for_flow_models_with_image_tokens():
+    """`indis bench --quality` gives a flow model that knows its image token count an RDS row (the paper's FLUX
+    baseline) and RDS among the best heuristic's candidates; a backbone without one gets the defaults."""
+    from indis.baselines.search import HEURISTIC_NAMES
+    from indis.bench.cli import quality_heuristics
+
+    class Tokens:
+        image_seq_len = 16
+
+    assert quality_heuristics(object()) == {}
+    extra = quality_heuristics(Tokens())
+    assert extra["heuristic_rows"] == ("rds",) and extra["heuristics"] == tuple(HEURISTIC_NAMES) + ("rds",)
+

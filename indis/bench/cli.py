@@ -10,6 +10,7 @@ import argparse
 import os
 
 from ..backbones.spec import BACKBONE_HELP, resolve_backbone
+from ..baselines.search import HEURISTIC_NAMES
 from ..evaluate import quality_table
 from ..export.pipeline import export_folder
 from ..io import atomic_write_json, atomic_write_text
@@ -60,8 +61,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--quality", action=Switch, default=False, help="quality per NFE and method instead of latency")
-    p.add_argument("--quality-backbones", type=_names, default=["tree", "ideal", "bundled"],
-                   help="with --quality: tree (the 2D study, exact model), ideal, bundled, or other backbone specs")
+    p.add_argument("--quality-backbones", type=_names, default=["tree", "ideal", "bundled", "bundled-flow"],
+                   help="with --quality: tree (the 2D study, exact model), ideal, bundled, bundled-flow (guided latent "
+                        "flow matching; gets an RDS row), or other backbone specs")
     p.add_argument("--n-train", type=int, default=600, help="with --quality: training teacher samples")
     p.add_argument("--n-eval", type=int, default=500, help="with --quality: held-out teacher samples")
     p.add_argument("--steps", type=int, default=200, help="with --quality: training steps per method and NFE")
@@ -120,11 +122,13 @@ def _run_quality(args) -> int:
             rows = _tree_rows(args, nfes)
             by_backbone["tree (exact)"] = rows
         else:
+            bb = resolve_backbone(spec)
+            extra = quality_heuristics(bb)
             out = run_quality(spec, os.path.join(args.out, "work"), nfes, methods=args.methods, learned_solvers=args.learned_solvers,
                               n_train=args.n_train, n_eval=args.n_eval, steps=args.steps, train_seeds=args.train_seeds,
                               free_nfes=args.free_nfes, pilots=args.pilots, n_select=args.n_select,
                               results_stem=os.path.join(args.out, f"quality_{_stem(spec)}"), plot_dir=args.out,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, backbone=bb, **extra)
             rows = out["rows"]
             by_backbone[spec] = rows
         sections.append(f"### {spec}\n\n" + quality_table(rows) + "\n")
@@ -133,6 +137,15 @@ def _run_quality(args) -> int:
     plot_quality(by_backbone, os.path.join(args.out, "quality_vs_nfe.png"))
     print("\n".join(sections))
     return 0
+
+
+def quality_heuristics(bb) -> dict:
+    """run_quality's heuristic options for a backbone: a flow model that knows its image token count (the bundled
+    flow model, a diffusers DiT/SD3/FLUX transformer) also gets RDS, FLUX's resolution-dependent shift, as a
+    candidate of the best heuristic and as a row of its own (the baseline of the paper's FLUX table)."""
+    if getattr(bb, "image_seq_len", None) is None:
+        return {}
+    return {"heuristics": tuple(HEURISTIC_NAMES) + ("rds",), "heuristic_rows": ("rds",)}
 
 
 def _tree_rows(args, nfes):
