@@ -134,7 +134,7 @@ def run_quickstart(args) -> int:
         done(f"train {label}")
 
     stage("evaluate")
-    feats, _ = quality_features(bb)  # a latent backbone's samples are decoded first
+    feats = quality_features(bb)  # a latent backbone's samples are decoded first
     rows = evaluate_methods(bb, ev, {name: {k: m} for name, m in models.items()}, features=feats)
     quality_md = markdown_table(rows, "mse") + ("\n" + markdown_table(rows, "fd") if feats is not None else "")
     report["quality"] = rows

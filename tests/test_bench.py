@@ -212,3 +212,19 @@ def test_bench_quality_adds_rds_for_flow_models_with_image_tokens():
     extra = quality_heuristics(Tokens())
     assert extra["heuristic_rows"] == ("rds",) and extra["heuristics"] == tuple(HEURISTIC_NAMES) + ("rds",)
 
+
+
+def test_quickstart_end_to_end_at_tiny_sizes(tmp_path):
+    """Every stage of `indis quickstart` (teacher, training, evaluation with Fréchet features where they apply,
+    export, fast sampling, latency, grid) on the image Gaussian mixture at tiny sizes: the README's main job must not
+    break in a stage no other test reaches."""
+    from indis.cli import main
+
+    out = tmp_path / "qs"
+    rc = main(["quickstart", "--backbone", "gmm-image", "--out", str(out), "--n-train", "24", "--n-eval", "12",
+               "--steps", "3", "--nfe", "3", "--latency-batch", "2", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    doc = json.load(open(out / "quickstart.json"))
+    assert {r["method"] for r in doc["quality"]} >= {"INDIS", "GOD"}
+    assert all(r["nfe"] == 3 and r["mse"] >= 0 for r in doc["quality"])
+    assert (out / "grid.png").stat().st_size > 1000
