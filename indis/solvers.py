@@ -101,6 +101,19 @@ class EulerSolver(Solver):
         return a1 / a0, (a1 * (grid.s[:, i + 1] - grid.s[:, i])).unsqueeze(1)
 
 
+_IPNDM_TENSORS: Dict[tuple, Tensor] = {}
+
+
+def ipndm_coeffs(k: int, dtype, device) -> Tensor:
+    """IPNDM_COEFFS[k - 1] as a tensor, made once per (k, dtype, device) and reused: no host-to-device copy after
+    the first call, so that a CUDA-graph capture (which follows warm-up calls) can compute the step tables."""
+    key = (k, dtype, torch.device(device))
+    c = _IPNDM_TENSORS.get(key)
+    if c is None:
+        c = _IPNDM_TENSORS[key] = torch.tensor(IPNDM_COEFFS[k - 1], dtype=dtype, device=device)
+    return c
+
+
 class IPNDMSolver(Solver):
     name, basis, max_order, default_order = "ipndm", "eps", 4, 4
 
@@ -108,9 +121,7 @@ class IPNDMSolver(Solver):
         k = self.step_order(i, grid.nfe, self.check_order(order))
         a0, a1 = grid.alpha[:, i], grid.alpha[:, i + 1]
         step = a1 * (grid.s[:, i + 1] - grid.s[:, i])
-        # (column j: step * c_j, the Python float rounded to the grid's dtype as a tensor of c would be; no
-        # host-to-device copy, so that the tables can be computed inside a CUDA-graph capture)
-        return a1 / a0, torch.stack([step * c for c in IPNDM_COEFFS[k - 1]], dim=1)
+        return a1 / a0, step.unsqueeze(1) * ipndm_coeffs(k, grid.t.dtype, grid.t.device).unsqueeze(0)
 
 
 class DPMSolverPP2M(Solver):
