@@ -128,6 +128,18 @@ def warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: in
         g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float, step: int, warmup_steps: int,
+                   grad_clip: float) -> None:
+    """One optimisation step of the bundled models' trainers: backward, gradient-norm clip (grad_clip 0: off), the
+    warm-up learning rate of this step (warmup_lr), Adam step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    warmup_lr(opt, lr, step, warmup_steps)
+    opt.step()
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, halflife_steps: float) -> None:
     """EMA of the weights after `step` optimizer steps: half-life halflife_steps, faster while step is small
@@ -187,12 +199,7 @@ def train_bundled(out_dir: str, config: Optional[TrainConfig] = None, resume: bo
     while step < cfg.steps:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         loss = edm_loss(net, data[idx], gen, cfg.p_mean, cfg.p_std)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        warmup_lr(opt, cfg.lr, step, cfg.warmup_steps)
-        opt.step()
+        optimizer_step(opt, loss, net.parameters(), cfg.lr, step, cfg.warmup_steps, cfg.grad_clip)
         step += 1
         ema_update(ema, net, step, cfg.ema_halflife_steps)
         history.append([step, loss.item()])

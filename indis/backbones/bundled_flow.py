@@ -49,7 +49,7 @@ from ..processes import FlowOTProcess
 from ..sampling.guidance import GuidedBackbone
 from ..solvers import sample
 from .base import Backbone, CondSpec, parse_dtype
-from .bundled import ASSETS_DIR, ema_update, save_grid, warmup_lr
+from .bundled import ASSETS_DIR, ema_update, optimizer_step, save_grid
 from .diffusers import dit_class_labels, require_diffusers
 from .flow import default_timesteps
 
@@ -96,7 +96,7 @@ class FlowTrainConfig:
     warmup_steps: int = 100
     ema_halflife_steps: float = 250.0
     label_dropout: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm (0: off)
     shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift of the default sampling schedule
 
     def vae_kwargs(self) -> Dict:
@@ -326,11 +326,7 @@ def _train_vae(cfg: FlowTrainConfig, data: Tensor, out_dir: str, resume: bool, p
     while step < cfg.vae_steps:
         x = data[torch.randint(0, n, (cfg.vae_batch_size,), generator=gen)]
         loss, mse = vae_loss(vae, x, gen, cfg.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        warmup_lr(opt, cfg.vae_lr, step, cfg.warmup_steps)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), cfg.vae_lr, step, cfg.warmup_steps, cfg.grad_clip)
         step += 1
         history.append([step, loss.item(), mse.item()])
         elapsed = time.time() - t_start
@@ -427,11 +423,7 @@ def train_bundled_flow(out_dir: str, config: Optional[FlowTrainConfig] = None, r
         xt = (1 - tt) * z0 + tt * eps
         v = net(xt, timestep=t * 1000.0, class_labels=y, return_dict=False)[0]
         loss = ((v - (eps - z0)) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        warmup_lr(opt, cfg.lr, step, cfg.warmup_steps)
-        opt.step()
+        optimizer_step(opt, loss, net.parameters(), cfg.lr, step, cfg.warmup_steps, cfg.grad_clip)
         step += 1
         ema_update(ema, net, step, cfg.ema_halflife_steps)
         history.append([step, loss.item()])
