@@ -10,6 +10,8 @@ from indis.baselines import AnalyticFirstStep, PeerSchedule, order_scheduled, pe
 from indis.baselines import dmn, gits, sdm
 from indis.baselines.common import pilot_trajectory, ve_s
 from indis.baselines.search import best_heuristic
+from indis.bench import quality as q
+from indis.bench.quality import run_quality
 from indis.evaluate import evaluate_methods
 from indis.predictor import save_predictor
 from indis.schedules import get_schedule
@@ -358,8 +360,6 @@ def test_indis_from_sdm_schedule_with_its_orders_and_afs(tmp_path, gmm, teacher)
 
 
 def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_path):
-    from indis.bench.quality import run_quality
-
     out = run_quality("gmm-image", str(tmp_path), nfes=(3,), methods=("dmn", "god", "indis+sdm"), n_train=40, n_eval=24, steps=4, batch=8,
                       progress=False, log=lambda *a: None, pilots=8, learned_solvers=("ipndm", "unipc"), peer_afs="off",
                       results_stem=str(tmp_path / "q"))
@@ -378,8 +378,6 @@ def test_run_quality_runs_peers_and_learned_methods_through_several_solvers(tmp_
 
 
 def test_run_quality_training_seeds_are_aggregated_and_finished_runs_are_skipped(tmp_path, monkeypatch):
-    import indis.bench.quality as q
-
     kw = dict(nfes=(2,), methods=("dmn", "god"), n_train=30, n_eval=16, steps=3, batch=8, progress=False, pilots=4,
               peer_afs="off", heuristic_solvers=("ipndm",), heuristics=("uniform", "logsnr"), free_nfes=(4,))
     lines = []
@@ -417,3 +415,12 @@ def test_run_quality_training_seeds_are_aggregated_and_finished_runs_are_skipped
     with pytest.raises(ValueError, match="not among methods"):
         q.run_quality("gmm-image", str(tmp_path), train_seeds={"indis": (0,)}, **kw)
 
+
+
+def test_run_quality_plots_indis_timesteps_when_the_best_heuristic_uses_afs(tmp_path):
+    """The timesteps plot's reference is INDIS's starting schedule (NFE + 1 points), not the best heuristic's, which
+    has one more point with AFS (a shape mismatch crashed the plot)."""
+    out = run_quality("gmm-image", str(tmp_path), nfes=(2,), methods=("indis",), n_train=24, n_eval=12, steps=1, batch=8,
+                      progress=False, n_select=8, results_stem=str(tmp_path / "q"), plot_dir=str(tmp_path), log=lambda *a: None)
+    assert out["meta"]["best_heuristic"][2]["afs"] is True  # (the case of the crash: UniPC with AFS here)
+    assert (tmp_path / "q_timesteps_nfe2.png").stat().st_size > 1000

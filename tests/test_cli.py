@@ -168,3 +168,13 @@ def test_add_options_and_switch():
         add_options(argparse.ArgumentParser(), D)
     with pytest.raises(TypeError, match="nope"):
         add_options(argparse.ArgumentParser(), C, only=("nope",))
+
+
+def test_bench_quality_defaults_run_every_method_with_three_seeds_at_the_issue_sizes():
+    from indis.bench.quality import ALL_METHODS, COMPOSITES
+    from indis.training.train import PEER_METHODS
+
+    args = PARSER.parse_args(["bench", "--quality", "--out", "q"])
+    assert args.methods == list(ALL_METHODS) and args.train_seeds == [0, 1, 2]
+    assert (args.n_train, args.n_eval) == (2000, 1000)
+    assert set(PEER_METHODS) <= set(ALL_METHODS) and set(METHODS) <= set(ALL_METHODS) and "indis+sdm" in COMPOSITES

@@ -1,3 +1,6 @@
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -8,7 +11,7 @@ from indis.sampling.load import load_predictor
 from indis.backbones.demo import ImageGMM
 from indis.baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
-from indis.training.train import TrainConfig, build_model, cosine_lr, train
+from indis.training.train import TrainConfig, build_model, cosine_lr, same_config, train
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,11 @@ def test_conditional_backbone_with_guidance(tmp_path):
     # a teacher of another backbone is refused
     with pytest.raises(ValueError, match="backbone id"):
         train(ImageGMM(channels=1, res=8, components=4, conditional=True, seed=3), ds, _cfg(), tmp_path / "x", progress=False)
+
+
+def test_a_run_recorded_before_a_setting_existed_is_a_run_with_its_default():
+    cfg = json.loads(json.dumps(asdict(TrainConfig(method="god", nfe=3, seed=2))))
+    old = {k: v for k, v in cfg.items() if k != "init_from"}  # a run recorded before init_from existed
+    assert same_config(old, cfg) and same_config(cfg, cfg)
+    assert not same_config(old, asdict(TrainConfig(method="god", nfe=3, seed=2, init_from="runs/god3/predictor.safetensors")))
+    assert not same_config(dict(old, seed=1), cfg) and not same_config(None, cfg) and not same_config("x", cfg)

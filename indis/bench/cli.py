@@ -2,7 +2,9 @@
 
     indis bench --out runs/bench                          # bundled backbone, NFE 3,5,7,10, batch 1,16,64
     indis bench --backbone edm:cifar10_uncond --device cuda --batch 1,64 --out runs/bench_gpu
-    indis bench --quality --out runs/quality              # tree (exact), ideal denoiser, bundled network
+    indis bench --quality --out runs/quality              # every method x 3 training seeds on tree (exact), ideal denoiser,
+                                                          # bundled and bundled-flow (hours on a CPU; resumable)
+    indis bench --quality --quality-backbones bundled --methods god,indis --train-seeds 0 --n-train 600 --n-eval 300 --out q
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..options import HelpFormatter, Switch
 from ..toy.study import Study, quick_config
 from .latency import BACKENDS, default_predictor, run_latency, write_report
-from .quality import plot_quality, run_quality
+from .quality import ALL_METHODS, plot_quality, run_quality
 
 
 def _ints(s: str):
@@ -64,15 +66,15 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--quality-backbones", type=_names, default=["tree", "ideal", "bundled", "bundled-flow"],
                    help="with --quality: tree (the 2D study, exact model), ideal, bundled, bundled-flow (guided latent "
                         "flow matching; gets an RDS row), or other backbone specs")
-    p.add_argument("--n-train", type=int, default=600, help="with --quality: training teacher samples")
-    p.add_argument("--n-eval", type=int, default=500, help="with --quality: held-out teacher samples")
+    p.add_argument("--n-train", type=int, default=2000, help="with --quality: training teacher samples")
+    p.add_argument("--n-eval", type=int, default=1000, help="with --quality: held-out teacher samples")
     p.add_argument("--steps", type=int, default=200, help="with --quality: training steps per method and NFE")
-    p.add_argument("--methods", type=_names, default=["god", "ld3", "indis"],
+    p.add_argument("--methods", type=_names, default=list(ALL_METHODS),
                    help="with --quality: trained (god, ld3, indis, amed, indis+sdm, indis+sdm+afs) and training-free peers "
-                        "(gits, dmn, sdm; indis.baselines)")
+                        "(gits, dmn, sdm; indis.baselines); the best heuristic is always a row")
     p.add_argument("--learned-solvers", type=_names, default=["ipndm"],
                    help="with --quality: solvers GOD/LD3/INDIS are trained through (best on validation), e.g. ipndm,dpmpp_2m,unipc")
-    p.add_argument("--train-seeds", type=_seeds, default=[0],
+    p.add_argument("--train-seeds", type=_seeds, default=[0, 1, 2],
                    help="with --quality: training seeds of the learned methods (e.g. 0,1,2); rows give mean ± std over them")
     p.add_argument("--free-nfes", type=_ints, default=[],
                    help="with --quality: extra NFEs for the best heuristic and the training-free peers only (e.g. 10)")

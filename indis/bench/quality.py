@@ -34,10 +34,12 @@ from ..schedules import get_schedule
 from ..sampling.load import load_predictor
 from ..training.cli import load_backbone_spec
 from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
-from ..training.train import METHODS, PEER_METHODS, TrainConfig, train
+from ..training.train import METHODS, PEER_METHODS, TrainConfig, same_config, train
 
 Tensor = torch.Tensor
 # trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
+# every method of the quality tables (issue 14): the training-free peers, the trained baselines, INDIS, INDIS from SDM
+ALL_METHODS = ("gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm")
 COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
               "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
 # the paper's Fig. 5 ablations of INDIS (TrainConfig flags): w/o instance, w/o shift, w/o scale, w/o condition
@@ -70,7 +72,7 @@ def run_quality(
     backbone_spec: str,
     work: str,
     nfes: Sequence[int] = (3, 5, 7),
-    methods: Sequence[str] = ("god", "ld3", "indis"),
+    methods: Sequence[str] = ALL_METHODS,
     n_train: int = 1000,
     n_eval: int = 500,
     steps: int = 300,
@@ -229,7 +231,7 @@ def run_quality(
             x_T, cond, _ = ev.batch(pos)
             stem = os.path.basename(results_stem) if results_stem else f"quality_{backbone_spec}"
             plot_timesteps(models["indis"][k_plot], x_T, cond, os.path.join(plot_dir, f"{stem}_timesteps_nfe{k_plot}.png"),
-                           reference=models["best heuristic"][k_plot].timesteps, title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
+                           reference=get_schedule(inits[tuple(learned_solvers)[0], k_plot], net.process, k_plot), title=f"INDIS NFE {k_plot} on {backbone_spec}: 64 held-out seeds")
         pos = torch.arange(min(64, len(ev)))  # held-out conditions for a conditional backbone
         over = predictor_overhead(models["indis"][have[len(have) // 2]], bb, batch=len(pos), cond=ev.batch(pos)[1])
     meta = {"backbone": backbone_spec, "backbone_id": bb.backbone_id, "n_train_teacher": n_train, "n_eval_teacher": n_eval,
@@ -443,7 +445,7 @@ def _finished(bb, tr, cfg: TrainConfig, out: str, log):
         return None
     model, meta = load_predictor(pred, bb.backbone_id)
     info = json.load(open(info_path))
-    if meta.get("train_config") == json.loads(json.dumps(asdict(cfg))) and info.get("teacher") == tr.fingerprint:
+    if same_config(meta.get("train_config"), asdict(cfg)) and info.get("teacher") == tr.fingerprint:
         return model, dict(info, cached=True)
     log(f"{out}: an earlier run with other settings; it will be trained again")
     return None
@@ -451,14 +453,13 @@ def _finished(bb, tr, cfg: TrainConfig, out: str, log):
 
 def _train_cached(bb, tr, cfg: TrainConfig, out: str, progress: bool):
     """Train one run into `out` (resuming an interrupted one with the same config and teacher); (model, info)."""
-    cfg_json = json.loads(json.dumps(asdict(cfg)))
     pred, info_path = os.path.join(out, "predictor.safetensors"), os.path.join(out, "quality_info.json")
     resume = False
     marker = os.path.join(out, "run.json")
     if cfg.method not in PEER_METHODS and os.path.isfile(marker) and not os.path.isfile(pred):
         try:
             old = json.load(open(marker))
-            resume = old.get("config") == cfg_json and old.get("teacher_fingerprint") == tr.fingerprint
+            resume = same_config(old.get("config"), asdict(cfg)) and old.get("teacher_fingerprint") == tr.fingerprint
         except ValueError:
             resume = False
     for p in (pred, info_path, os.path.join(out, "eval.json")):

@@ -376,6 +376,17 @@ def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def same_config(recorded, cfg: Dict) -> bool:
+    """Whether a run recorded with the training config `recorded` (the JSON dict in its run.json, checkpoint or
+    predictor metadata) is a run of the config `cfg` (asdict of a TrainConfig). A setting the record lacks was added
+    to TrainConfig after the run and counts as its default (a new setting's default keeps the earlier behaviour),
+    so adding a setting does not turn every finished run into a stranger."""
+    if not isinstance(recorded, dict):
+        return False
+    default = json.loads(json.dumps(asdict(TrainConfig())))
+    return {**default, **recorded} == json.loads(json.dumps(cfg))
+
+
 def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, cfg_json: Dict) -> None:
     """Refuse to continue a run (its checkpoint or run.json `meta`) with another backbone, teacher or config."""
     if meta.get("backbone_id") != bid:
@@ -390,7 +401,7 @@ def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, c
         raise ValueError(f"{path} was trained on another teacher dataset ({meta.get('teacher')}) than {teacher.root}; "
                          "resuming would mix two training and validation sets. Resume with the run's teacher, or train "
                          "into another folder")
-    if meta.get("config") != cfg_json:
+    if not same_config(meta.get("config"), cfg_json):
         old = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         diff = sorted(k for k in cfg_json if old.get(k) != cfg_json[k])
         raise ValueError(f"{path} was written with other settings ({', '.join(diff)}); resume with the same options")
