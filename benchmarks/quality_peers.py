@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="training seeds of the learned methods")
     ap.add_argument("--learned-solvers", default="ipndm", help="solvers GOD/LD3/INDIS are trained through (best on validation)")
     ap.add_argument("--cached-only", action="store_true", help="train nothing: the table of what is finished in WORK")
+    ap.add_argument("--inception-weights", default=None, help="pytorch-fid's Inception-v3 weights file: adds FID columns")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stem", default=None, help="results stem (default OUT/quality_peers_<backbone>)")
     a = ap.parse_args()
@@ -60,7 +61,8 @@ def main():
                       steps=a.steps, batch=a.batch, lr=a.lr, results_stem=stem, progress=False, pilots=a.pilots,
                       train_seeds=a.seeds, free_nfes=a.free_nfes, n_select=a.n_select, val_fraction=0.1,
                       learned_solvers=tuple(a.learned_solvers.split(",")), cached_only=a.cached_only,
-                      plot_dir=os.path.dirname(stem) or ".", backbone=bb, log=lambda s: print(s, flush=True),
+                      plot_dir=os.path.dirname(stem) or ".", backbone=bb, inception_weights=a.inception_weights,
+                      log=lambda s: print(s, flush=True),
                       **quality_heuristics(bb))
     plot_quality({a.backbone: out["rows"]}, stem + "_vs_nfe.png")
     print(open(stem + ".md").read(), flush=True)

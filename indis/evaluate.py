@@ -52,15 +52,16 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
                      batch: int = 256, progress: bool = False, data_reference: Optional[Tensor] = None) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
     GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe).
-    data_reference: with features, a second reference set (e.g. held-out real data): row["fd_data"] is the Fréchet
-    distance of the same student samples to it."""
+    features: a feature function (row["fd"]: the Fréchet distance of the student samples' features to the
+    reference's), or {column: feature function} for several (e.g. {"fd": digits, "fid": Inception}).
+    data_reference: with features, a second reference set (e.g. held-out real data): row[column + "_data"]
+    ("fd_data") is the Fréchet distance of the same student samples to it."""
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
-    fd = None
-    if features is not None:
-        fd = frechet_tools()
-        ref = teacher.x0 if reference is None else reference
-        ref_feat = _batched(features, ref, batch)
-        data_feat = None if data_reference is None else _batched(features, data_reference, batch)
+    fd = frechet_tools()
+    feats = {} if features is None else dict(features) if isinstance(features, dict) else {"fd": features}
+    ref = teacher.x0 if reference is None else reference
+    ref_feat = {c: _batched(f, ref, batch) for c, f in feats.items()}
+    data_feat = {} if data_reference is None else {c: _batched(f, data_reference, batch) for c, f in feats.items()}
     rows = []
     items = [(n, k, m) for n, d in methods.items() for k, m in sorted(d.items())]
     it = items
@@ -77,11 +78,11 @@ def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], s
         if lpips is not None:
             with torch.no_grad():
                 row["lpips"] = float(torch.cat([lpips(x0[i : i + batch], teacher.x0[i : i + batch]) for i in range(0, len(x0), batch)]).mean())
-        if fd is not None:
-            x_feat = _batched(features, x0, batch)
-            row["fd"] = float(fd(x_feat, ref_feat))
-            if data_feat is not None:
-                row["fd_data"] = float(fd(x_feat, data_feat))
+        for c, f in feats.items():
+            x_feat = _batched(f, x0, batch)
+            row[c] = float(fd(x_feat, ref_feat[c]))
+            if c in data_feat:
+                row[f"{c}_data"] = float(fd(x_feat, data_feat[c]))
         row["seconds"] = time.time() - t0
         rows.append(row)
     return rows
@@ -119,7 +120,8 @@ def markdown_table(rows: List[Dict], metric: str = "mse", methods: Optional[Sequ
 
 
 QUALITY_ORDER = ("best heuristic", "gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm", "indis+sdm+afs")
-QUALITY_LABELS = {"mse": "MSE", "fd": "FD to teacher", "fd_data": "FD to data", "lpips": "LPIPS", "kl": "KL", "w2": "W2"}
+QUALITY_LABELS = {"mse": "MSE", "fd": "FD to teacher", "fd_data": "FD to data", "fid": "FID to teacher",
+                  "fid_data": "FID to data", "lpips": "LPIPS", "kl": "KL", "w2": "W2"}
 
 
 def _pm(row: Dict, metric: str, fmt: str) -> str:
@@ -131,7 +133,7 @@ def _pm(row: Dict, metric: str, fmt: str) -> str:
     return f"{fmt.format(row[metric])} ± {fmt.format(std)}"
 
 
-def quality_table(rows: List[Dict], metrics: Sequence[str] = ("mse", "fd", "fd_data", "lpips", "kl", "w2"),
+def quality_table(rows: List[Dict], metrics: Sequence[str] = ("mse", "fd", "fd_data", "fid", "fid_data", "lpips", "kl", "w2"),
                   methods: Optional[Sequence[str]] = None, fmt: str = "{:.4g}") -> str:
     """One Markdown table: rows method x NFE, columns each metric as mean ± spread (`<metric>_std`, the standard
     deviation over training seeds; a plain value for one seed), the number of seeds, the training or search

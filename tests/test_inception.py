@@ -2,9 +2,13 @@
 
 No real weights file is available here, so the file is made from a randomly initialised network; the layout is
 also checked against names and shapes known from pytorch-fid / torchvision's Inception-v3."""
+import json
+
 import pytest
 import torch
 
+from indis.bench.quality import run_quality
+from indis.cli import main
 from indis.metrics.inception import FIDInceptionV3, load_fid_inception, inception_feature_fn, WEIGHTS_FILE
 
 
@@ -185,3 +189,21 @@ def test_default_location_and_wrong_files(tmp_path, monkeypatch, weights):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="state dict"):
         load_fid_inception(tmp_path / "list.pth", cache=False)
+
+
+def test_quality_tables_take_fid_when_given_the_weights(weights, tmp_path):
+    """`indis bench --quality --inception-weights` (run_quality's inception_weights) adds an FID column (to the
+    teacher's samples), cached apart from the rows without it; a backbone without the digits features gets FID only.
+    (One row: each FID costs a 2048 x 2048 matrix square root.)"""
+    path, _ = weights
+    rc = main(["bench", "--quality", "--quality-backbones", "gmm-image", "--methods", "", "--nfe", "2", "--n-train", "16",
+               "--n-eval", "4", "--train-seeds", "0", "--inception-weights", str(path), "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.load(open(tmp_path / "quality_gmm-image.json"))["rows"]
+    assert len(rows) == 1 and rows[0]["fid"] > 0 and "fd" not in rows[0] and "fid_data" not in rows[0]
+    assert "FID to teacher" in (tmp_path / "quality.md").read_text()
+    kw = dict(nfes=(2,), methods=(), n_train=16, n_eval=4, progress=False, log=lambda *a: None)
+    plain = run_quality("gmm-image", str(tmp_path / "work"), **kw)  # the same work folder as the CLI's
+    assert [r["mse"] for r in plain["rows"]] == [r["mse"] for r in rows] and "fid" not in plain["rows"][0]
+    with pytest.raises(FileNotFoundError):
+        run_quality("gmm-image", str(tmp_path / "work"), inception_weights=str(tmp_path / "missing.pth"), **kw)

@@ -81,6 +81,9 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("--pilots", type=int, default=128, help="with --quality: pilot samples of the training-free peers")
     p.add_argument("--n-select", type=int, default=None,
                    help="with --quality: training tuples the best heuristic is chosen on (default all)")
+    p.add_argument("--inception-weights", default=None,
+                   help="with --quality: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (file or folder; never "
+                        "downloaded): adds FID columns (to the teacher's samples; digits backbones: also to held-out data)")
     p.add_argument("--no-progress", action=Switch, default=False, help="no progress bars")
     p.set_defaults(func=run_bench)
 
@@ -130,7 +133,7 @@ def _run_quality(args) -> int:
                               n_train=args.n_train, n_eval=args.n_eval, steps=args.steps, train_seeds=args.train_seeds,
                               free_nfes=args.free_nfes, pilots=args.pilots, n_select=args.n_select,
                               results_stem=os.path.join(args.out, f"quality_{_stem(spec)}"), plot_dir=args.out,
-                              progress=not args.no_progress, backbone=bb, **extra)
+                              progress=not args.no_progress, backbone=bb, inception_weights=args.inception_weights, **extra)
             rows = out["rows"]
             by_backbone[spec] = rows
         sections.append(f"### {spec}\n\n" + quality_table(rows) + "\n")

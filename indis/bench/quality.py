@@ -28,6 +28,7 @@ from ..data.digits import load_digits_split
 from ..evaluate import QUALITY_LABELS, QUALITY_ORDER, evaluate_methods, plot_timesteps, predictor_overhead, quality_table
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics.fid import digits_features, frechet_distance
+from ..metrics.inception import inception_feature_fn
 from ..sampling.fixed import schedule_name_for
 from ..sampling.guidance import GuidedBackbone
 from ..schedules import get_schedule
@@ -49,10 +50,22 @@ COMPOSITES.update(ABLATIONS)
 COMPOSITES.update({"indis+rds": {"method": "indis", "init_schedule": "rds"}, "god+rds": {"method": "god", "init_schedule": "rds"}})
 
 
+def decoded(bb, features):
+    """features(x) for a backbone's samples: a latent backbone's (its `decode`) are decoded first; images of the
+    pixel shape (such as the held-out real digits) are used as they are."""
+    if not hasattr(bb, "decode"):
+        return features
+    latent = tuple(bb.data_shape)
+
+    def fn(x: Tensor) -> Tensor:
+        return features(bb.decode(x) if tuple(x.shape[1:]) == latent else x)
+
+    return fn
+
+
 def quality_features(bb):
     """The features for Fréchet distances (indis.metrics.fid's digits features), or None: for 1x16x16 digits
-    backbones, and for a latent backbone whose `decode` gives 1x16x16 digits (its latents are decoded first; pixel
-    images, such as the held-out real digits, are used as they are)."""
+    backbones, and for a latent backbone whose `decode` gives 1x16x16 digits (its latents are decoded first)."""
     if tuple(bb.data_shape) == (1, 16, 16):
         return digits_features
     if not hasattr(bb, "decode"):
@@ -60,12 +73,7 @@ def quality_features(bb):
     with torch.no_grad():
         if tuple(bb.decode(torch.zeros(1, *bb.data_shape)).shape[1:]) != (1, 16, 16):
             return None
-    latent = tuple(bb.data_shape)
-
-    def features(x: Tensor) -> Tensor:
-        return digits_features(bb.decode(x) if tuple(x.shape[1:]) == latent else x)
-
-    return features
+    return decoded(bb, digits_features)
 
 
 def run_quality(
@@ -96,6 +104,7 @@ def run_quality(
     val_every: int = 25,
     backbone=None,
     cached_only: bool = False,
+    inception_weights: Optional[str] = None,
 ) -> Dict:
     """Teacher sets, best heuristic, trained methods, evaluation. Returns {"rows": [...] (aggregated over training
     seeds), "seed_rows": [...] (one per method, NFE and seed), "meta": {...}, "models": {method: {nfe: module}}
@@ -127,7 +136,10 @@ def run_quality(
     with more methods or seeds only does the new work. backbone: a loaded backbone for backbone_spec (else loaded
     from the spec); cfg_scale: classifier-free guidance of the teacher and the student calls (conditional backbones;
     default: the backbone's `default_guidance`, else 1).
-    cached_only: train nothing; rows only for the runs already finished in WORK (what an interrupted job did)."""
+    cached_only: train nothing; rows only for the runs already finished in WORK (what an interrupted job did).
+    inception_weights: pytorch-fid's Inception-v3 weights file (indis.metrics.inception): adds "fid" (to the
+    teacher's samples) and, for digits backbones, "fid_data" (to the held-out real digits) columns, on decoded
+    samples for a latent backbone; its rows are cached apart from the rows without it."""
     nfes = [int(k) for k in nfes]
     free_nfes = [int(k) for k in free_nfes if int(k) not in nfes]
     if not nfes or min(nfes + free_nfes) < 1:
@@ -149,7 +161,7 @@ def run_quality(
     t_teacher = time.time() - t0
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
     net = GuidedBackbone(bb, cfg_scale)
-    evaluator = _Evaluator(bb, ev, net, log)
+    evaluator = _Evaluator(bb, ev, net, log, inception_weights)
     all_nfes = sorted(set(nfes) | set(free_nfes))
     sel_pos = torch.arange(len(tr) if n_select is None else min(int(n_select), len(tr)))
     afs = parse_afs(peer_afs)
@@ -174,7 +186,7 @@ def run_quality(
             models.setdefault(h, {})[k] = hm
             seed_rows.append(evaluator.row(f"{work}/heuristic_{h}_nfe{k}.eval.json", h, k, hm, seed=None))
     train_info = {}
-    first = min(s for v in seeds_of.values() for s in v)
+    first = min((s for v in seeds_of.values() for s in v), default=0)
     jobs = []  # seed-major: every method's first seed before any second seed
     for s in sorted({s for v in seeds_of.values() for s in v}):
         for m in methods:
@@ -250,7 +262,7 @@ def run_quality(
     return {"rows": rows, "seed_rows": seed_rows, "meta": meta, "models": models, "backbone": bb}
 
 
-METRICS = ("mse", "fd", "fd_data", "lpips")
+METRICS = ("mse", "fd", "fd_data", "fid", "fid_data", "lpips")
 
 
 def aggregate_seeds(seed_rows: List[Dict], metrics: Sequence[str] = METRICS + ("train_seconds",)) -> List[Dict]:
@@ -481,11 +493,15 @@ def _train_cached(bb, tr, cfg: TrainConfig, out: str, progress: bool):
 
 class _Evaluator:
     """Evaluation rows on the held-out teacher set (MSE; for 1x16x16 digits backbones also the Fréchet distances
-    to the teacher's samples and to the held-out real digits), each cached in a JSON file keyed by the set."""
+    to the teacher's samples and to the held-out real digits; with Inception weights also FID), each cached in a
+    JSON file keyed by the set and the features."""
 
-    def __init__(self, bb, ev, net, log):
+    def __init__(self, bb, ev, net, log, inception_weights: Optional[str] = None):
         self.bb, self.ev, self.net, self.log = bb, ev, net, log
         self.feats = quality_features(bb)  # a latent backbone's samples are decoded first
+        self.columns = {} if self.feats is None else {"fd": self.feats}
+        if inception_weights is not None:  # loads (and checks) the weights now, before any sampling
+            self.columns["fid"] = decoded(bb, inception_feature_fn(inception_weights))
         self._data = None
 
     def data(self):
@@ -495,11 +511,15 @@ class _Evaluator:
 
     def row(self, path: str, method: str, nfe: int, model, seed) -> Dict:
         key = {"teacher": self.ev.fingerprint, "features": self.feats is not None}
+        if "fid" in self.columns:
+            key["inception"] = True
+            path = path.replace(".json", ".fid.json")
         t = time.time()
-        row = _cached_json(path, key, lambda: evaluate_methods(self.bb, self.ev, {method: {nfe: model}}, features=self.feats,
+        row = _cached_json(path, key, lambda: evaluate_methods(self.bb, self.ev, {method: {nfe: model}}, features=self.columns or None,
                                                               data_reference=self.data())[0])
         self.log(f"evaluated {method} NFE {nfe}{'' if seed is None else f' seed {seed}'} ({time.time() - t:.0f} s): mse {row['mse']:.4g}"
-                 + (f" fd {row['fd']:.4g} fd_data {row['fd_data']:.4g}" if "fd" in row else ""))
+                 + (f" fd {row['fd']:.4g} fd_data {row['fd_data']:.4g}" if "fd" in row else "")
+                 + (f" fid {row['fid']:.4g}" if "fid" in row else ""))
         return dict(row, method=method, seed=seed)
 
     def teacher_fd_data(self) -> Optional[float]:
@@ -508,7 +528,7 @@ class _Evaluator:
         return float(frechet_distance(self.feats(self.ev.x0), self.feats(self.data())))
 
 
-def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metrics: Sequence[str] = ("mse", "fd", "fd_data"),
+def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metrics: Sequence[str] = ("mse", "fd", "fd_data", "fid"),
                  methods: Sequence[str] = QUALITY_ORDER) -> None:
     """Quality against NFE for every method (log y), one panel per metric (columns) and backbone (rows): the mean over
     training seeds with bars from the per-seed minimum to maximum where a row has several seeds."""
