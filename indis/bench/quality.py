@@ -544,15 +544,17 @@ def plot_quality(rows_by_backbone: Dict[str, List[Dict]], path: str, metrics: Se
     for ax_row, name in zip(axes, names):
         rows = rows_by_backbone[name]
         extra = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in methods]
+        present = [m for m in list(methods) + extra if any(r.get("method") == m for r in rows)]
+        colour = {m: plt.cm.tab20(i % 20) for i, m in enumerate(present)}  # one colour per method (over 10 methods)
         for ax, metric in zip(ax_row, shown[name]):
-            for m in list(methods) + extra:
+            for m in present:
                 pts = sorted((r for r in rows if r.get("method") == m and r.get(metric) is not None), key=lambda r: r["nfe"])
                 if not pts:
                     continue
                 y = [r[metric] for r in pts]
                 lo = [r[metric] - r.get(f"{metric}_min", r[metric]) for r in pts]
                 hi = [r.get(f"{metric}_max", r[metric]) - r[metric] for r in pts]
-                ax.errorbar([r["nfe"] for r in pts], y, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=m,
+                ax.errorbar([r["nfe"] for r in pts], y, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=m, color=colour[m],
                             lw=2.2 if m.startswith("indis") else 1.2)
             ax.set_yscale("log")
             ax.set_xlabel("NFE")
