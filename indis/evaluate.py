@@ -49,19 +49,28 @@ def student_samples(model, backbone, teacher, positions=None, solver="ipndm", or
 
 def evaluate_methods(backbone, teacher, methods: Dict[str, Dict[int, object]], solver: str = "ipndm",
                      lpips=None, features: Optional[Callable[[Tensor], Tensor]] = None, reference: Optional[Tensor] = None,
-                     batch: int = 256, progress: bool = False, data_reference: Optional[Tensor] = None) -> List[Dict]:
+                     batch: int = 256, progress: bool = False, data_reference: Optional[Tensor] = None,
+                     reference_cache: Optional[Dict] = None) -> List[Dict]:
     """methods: {name: {nfe: model}} where model maps (x_T, cond) to a Discretization (a trained predictor, a
     GlobalDiscretization, LD3Discretization or a heuristic FixedDiscretization). Returns one row per (name, nfe).
     features: a feature function (row["fd"]: the Fréchet distance of the student samples' features to the
     reference's), or {column: feature function} for several (e.g. {"fd": digits, "fid": Inception}).
     data_reference: with features, a second reference set (e.g. held-out real data): row[column + "_data"]
-    ("fd_data") is the Fréchet distance of the same student samples to it."""
+    ("fd_data") is the Fréchet distance of the same student samples to it.
+    reference_cache: a dict kept by a caller that evaluates one row per call against the same references and
+    features (indis.bench.quality): the reference features are computed on the first call and reused."""
     net = GuidedBackbone(backbone, teacher.manifest["teacher"].get("cfg_scale", 1.0))
     fd = frechet_tools()
     feats = {} if features is None else dict(features) if isinstance(features, dict) else {"fd": features}
     ref = teacher.x0 if reference is None else reference
-    ref_feat = {c: _batched(f, ref, batch) for c, f in feats.items()}
-    data_feat = {} if data_reference is None else {c: _batched(f, data_reference, batch) for c, f in feats.items()}
+    cache = {} if reference_cache is None else reference_cache
+    for c, f in feats.items():
+        if (c, "ref") not in cache:
+            cache[c, "ref"] = _batched(f, ref, batch)
+        if data_reference is not None and (c, "data") not in cache:
+            cache[c, "data"] = _batched(f, data_reference, batch)
+    ref_feat = {c: cache[c, "ref"] for c in feats}
+    data_feat = {} if data_reference is None else {c: cache[c, "data"] for c in feats}
     rows = []
     items = [(n, k, m) for n, d in methods.items() for k, m in sorted(d.items())]
     it = items

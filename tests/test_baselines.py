@@ -416,7 +416,6 @@ def test_run_quality_training_seeds_are_aggregated_and_finished_runs_are_skipped
         q.run_quality("gmm-image", str(tmp_path), train_seeds={"indis": (0,)}, **kw)
 
 
-
 def test_run_quality_plots_indis_timesteps_when_the_best_heuristic_uses_afs(tmp_path):
     """The timesteps plot's reference is INDIS's starting schedule (NFE + 1 points), not the best heuristic's, which
     has one more point with AFS (a shape mismatch crashed the plot)."""

@@ -12,6 +12,7 @@ import pytest
 from indis.backbones.base import DTYPES
 from indis.backbones.spec import BACKBONE_HELP
 from indis.baselines.search import AFS_SETTINGS
+from indis.bench.quality import ALL_METHODS, COMPOSITES
 from indis.bench.latency import BACKENDS as BENCH_BACKENDS
 from indis.cli import build_parser, main
 from indis.discretization import WARPS
@@ -24,7 +25,7 @@ from indis.solvers import SOLVERS
 from indis.training import cli as tcli
 from indis.training.teacher import TeacherConfig
 from indis.toy.study import BACKBONES as TOY_BACKBONES
-from indis.training.train import METHODS, TrainConfig
+from indis.training.train import METHODS, PEER_METHODS, TrainConfig
 
 PARSER = build_parser()
 COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -171,9 +172,6 @@ def test_add_options_and_switch():
 
 
 def test_bench_quality_defaults_run_every_method_with_three_seeds_at_the_issue_sizes():
-    from indis.bench.quality import ALL_METHODS, COMPOSITES
-    from indis.training.train import PEER_METHODS
-
     args = PARSER.parse_args(["bench", "--quality", "--out", "q"])
     assert args.methods == list(ALL_METHODS) and args.train_seeds == [0, 1, 2]
     assert (args.n_train, args.n_eval) == (2000, 1000)

@@ -63,3 +63,27 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert ts["seeds"] == list(range(6)) and len(ts["timesteps"]) == 6 and len(ts["timesteps"][0]) == 4
     assert (tmp_path / "s" / "g.png").is_file() and (tmp_path / "s" / "g.timesteps.png").is_file()
     capsys.readouterr()
+
+
+def test_several_feature_columns_and_reference_features_computed_once(env):
+    """features={column: fn} gives one Fréchet column (and <column>_data) per feature; with a reference_cache kept
+    across calls the references' features are computed on the first call only, and every row is the same."""
+    bb, ds = env
+    calls = []
+
+    def feats(x):
+        calls.append(len(x))
+        return x.flatten(1)[:, :6].double()
+
+    cols = {"fd": feats, "fid": lambda x: x.flatten(1)[:, 6:12].double()}
+    methods = {"uniform": {3: heuristic(bb, "uniform", 3)}, "polynomial": {3: heuristic(bb, "polynomial", 3)}}
+    data = ds.x0[:12] * 0.9
+    plain = evaluate_methods(bb, ds, methods, features=cols, data_reference=data)
+    assert all({"fd", "fd_data", "fid", "fid_data"} <= set(r) for r in plain)
+    cache, rows = {}, []
+    calls.clear()
+    for name, m in methods.items():
+        rows += evaluate_methods(bb, ds, {name: m}, features=cols, data_reference=data, reference_cache=cache)
+    assert calls == [24, 12, 24, 24]  # teacher and data references once, then each row's samples
+    for a, b in zip(plain, rows):
+        assert all(a[k] == b[k] for k in ("mse", "fd", "fd_data", "fid", "fid_data"))

@@ -11,7 +11,7 @@ from indis.sampling.load import load_predictor
 from indis.backbones.demo import ImageGMM
 from indis.baselines.ld3 import LD3Discretization, ball_proposal, ball_radius
 from indis.training.teacher import TeacherConfig, generate_teacher, load_teacher
-from indis.training.train import TrainConfig, build_model, cosine_lr, same_config, train
+from indis.training.train import TrainConfig, build_model, config_differences, cosine_lr, same_config, train
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,4 @@ def test_a_run_recorded_before_a_setting_existed_is_a_run_with_its_default():
     assert same_config(old, cfg) and same_config(cfg, cfg)
     assert not same_config(old, asdict(TrainConfig(method="god", nfe=3, seed=2, init_from="runs/god3/predictor.safetensors")))
     assert not same_config(dict(old, seed=1), cfg) and not same_config(None, cfg) and not same_config("x", cfg)
+    assert config_differences(dict(old, seed=1), cfg) == ["seed"]  # the missing init_from is not a difference

@@ -38,9 +38,9 @@ from ..training.teacher import TeacherConfig, generate_teacher, load_teacher
 from ..training.train import METHODS, PEER_METHODS, TrainConfig, same_config, train
 
 Tensor = torch.Tensor
-# trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
 # every method of the quality tables (issue 14): the training-free peers, the trained baselines, INDIS, INDIS from SDM
 ALL_METHODS = ("gits", "dmn", "sdm", "amed", "god", "ld3", "indis", "indis+sdm")
+# trained methods combined with SDM (issue 14): INDIS started from SDM's schedule and sampled with its order schedule
 COMPOSITES = {"indis+sdm": {"method": "indis", "init_schedule": "sdm", "orders": "sdm"},
               "indis+sdm+afs": {"method": "indis", "init_schedule": "sdm", "orders": "sdm", "afs": True}}
 # the paper's Fig. 5 ablations of INDIS (TrainConfig flags): w/o instance, w/o shift, w/o scale, w/o condition
@@ -503,6 +503,7 @@ class _Evaluator:
         if inception_weights is not None:  # loads (and checks) the weights now, before any sampling
             self.columns["fid"] = decoded(bb, inception_feature_fn(inception_weights))
         self._data = None
+        self._reference_features: Dict = {}  # the teacher's and the real data's features, once for every row
 
     def data(self):
         if self._data is None and self.feats is not None:
@@ -516,7 +517,7 @@ class _Evaluator:
             path = path.replace(".json", ".fid.json")
         t = time.time()
         row = _cached_json(path, key, lambda: evaluate_methods(self.bb, self.ev, {method: {nfe: model}}, features=self.columns or None,
-                                                              data_reference=self.data())[0])
+                                                              data_reference=self.data(), reference_cache=self._reference_features)[0])
         self.log(f"evaluated {method} NFE {nfe}{'' if seed is None else f' seed {seed}'} ({time.time() - t:.0f} s): mse {row['mse']:.4g}"
                  + (f" fd {row['fd']:.4g} fd_data {row['fd_data']:.4g}" if "fd" in row else "")
                  + (f" fid {row['fid']:.4g}" if "fid" in row else ""))

@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -376,15 +376,21 @@ def _module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
-def same_config(recorded, cfg: Dict) -> bool:
-    """Whether a run recorded with the training config `recorded` (the JSON dict in its run.json, checkpoint or
-    predictor metadata) is a run of the config `cfg` (asdict of a TrainConfig). A setting the record lacks was added
-    to TrainConfig after the run and counts as its default (a new setting's default keeps the earlier behaviour),
-    so adding a setting does not turn every finished run into a stranger."""
+def config_differences(recorded, cfg: Dict) -> List[str]:
+    """The settings in which a run recorded with the training config `recorded` (the JSON dict in its run.json,
+    checkpoint or predictor metadata) differs from the config `cfg` (asdict of a TrainConfig). A setting the record
+    lacks was added to TrainConfig after the run and counts as its default (a new setting's default keeps the earlier
+    behaviour), so adding a setting does not turn every finished run into a stranger."""
+    cfg = json.loads(json.dumps(cfg))
     if not isinstance(recorded, dict):
-        return False
-    default = json.loads(json.dumps(asdict(TrainConfig())))
-    return {**default, **recorded} == json.loads(json.dumps(cfg))
+        return sorted(cfg)
+    old = {**json.loads(json.dumps(asdict(TrainConfig()))), **recorded}
+    return sorted(k for k in set(cfg) | set(old) if old.get(k) != cfg.get(k))
+
+
+def same_config(recorded, cfg: Dict) -> bool:
+    """Whether a run recorded with `recorded` is a run of `cfg` (no config_differences)."""
+    return not config_differences(recorded, cfg)
 
 
 def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, cfg_json: Dict) -> None:
@@ -401,9 +407,8 @@ def _check_same_run(path: Path, meta: Dict, bid: str, teacher: TeacherDataset, c
         raise ValueError(f"{path} was trained on another teacher dataset ({meta.get('teacher')}) than {teacher.root}; "
                          "resuming would mix two training and validation sets. Resume with the run's teacher, or train "
                          "into another folder")
-    if not same_config(meta.get("config"), cfg_json):
-        old = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-        diff = sorted(k for k in cfg_json if old.get(k) != cfg_json[k])
+    diff = config_differences(meta.get("config"), cfg_json)
+    if diff:
         raise ValueError(f"{path} was written with other settings ({', '.join(diff)}); resume with the same options")
 
 
