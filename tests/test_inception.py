@@ -205,5 +205,6 @@ def test_quality_tables_take_fid_when_given_the_weights(weights, tmp_path):
     kw = dict(nfes=(2,), methods=(), n_train=16, n_eval=4, progress=False, log=lambda *a: None)
     plain = run_quality("gmm-image", str(tmp_path / "work"), **kw)  # the same work folder as the CLI's
     assert [r["mse"] for r in plain["rows"]] == [r["mse"] for r in rows] and "fid" not in plain["rows"][0]
-    with pytest.raises(FileNotFoundError):
-        run_quality("gmm-image", str(tmp_path / "work"), inception_weights=str(tmp_path / "missing.pth"), **kw)
+    with pytest.raises(FileNotFoundError):  # before any teacher set is made
+        run_quality("gmm-image", str(tmp_path / "new"), inception_weights=str(tmp_path / "missing.pth"), **kw)
+    assert not (tmp_path / "new").exists()

@@ -150,6 +150,8 @@ def run_quality(
     if set(heuristic_rows) - set(heuristics):
         raise ValueError(f"heuristic_rows {sorted(set(heuristic_rows) - set(heuristics))} must be among heuristics {list(heuristics)}")
     seeds_of = _seed_table(train_seeds, methods)
+    # Inception weights are loaded (and checked) first: a missing file fails before the teacher sets are made
+    inception = None if inception_weights is None else inception_feature_fn(inception_weights)
     bb = load_backbone_spec(backbone_spec) if backbone is None else backbone
     if cfg_scale is None:  # the backbone's own guidance scale (bundled-flow: 1.5), else none
         cfg_scale = float(getattr(bb, "default_guidance", 1.0))
@@ -161,7 +163,7 @@ def run_quality(
     t_teacher = time.time() - t0
     tr, ev = load_teacher(f"{work}/teacher_train", bb), load_teacher(f"{work}/teacher_eval", bb)
     net = GuidedBackbone(bb, cfg_scale)
-    evaluator = _Evaluator(bb, ev, net, log, inception_weights)
+    evaluator = _Evaluator(bb, ev, net, log, inception)
     all_nfes = sorted(set(nfes) | set(free_nfes))
     sel_pos = torch.arange(len(tr) if n_select is None else min(int(n_select), len(tr)))
     afs = parse_afs(peer_afs)
@@ -496,12 +498,12 @@ class _Evaluator:
     to the teacher's samples and to the held-out real digits; with Inception weights also FID), each cached in a
     JSON file keyed by the set and the features."""
 
-    def __init__(self, bb, ev, net, log, inception_weights: Optional[str] = None):
+    def __init__(self, bb, ev, net, log, inception=None):
         self.bb, self.ev, self.net, self.log = bb, ev, net, log
         self.feats = quality_features(bb)  # a latent backbone's samples are decoded first
         self.columns = {} if self.feats is None else {"fd": self.feats}
-        if inception_weights is not None:  # loads (and checks) the weights now, before any sampling
-            self.columns["fid"] = decoded(bb, inception_feature_fn(inception_weights))
+        if inception is not None:  # inception_feature_fn's features
+            self.columns["fid"] = decoded(bb, inception)
         self._data = None
         self._reference_features: Dict = {}  # the teacher's and the real data's features, once for every row
 
